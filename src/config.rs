@@ -51,7 +51,8 @@ pub struct ZambaConfig {
 impl ZambaConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| ZambaError::io("config.json", path, e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ZambaError::io("config.json", path, e))?;
         Self::from_json_str(&text).map_err(|e| match e {
             ZambaError::ConfigParse { reason, .. } => ZambaError::ConfigParse {
                 path: path.to_path_buf(),
@@ -91,8 +92,12 @@ impl ZambaConfig {
         }
         let hidden_size = f.usize("hidden_size", 3712)?;
         let num_attention_heads = f.usize("num_attention_heads", 16)?;
-        let attention_hidden_size = f.opt_usize("attention_hidden_size")?.unwrap_or(2 * hidden_size);
-        let head_dim_default = if num_attention_heads == 0 { 0 } else { 2 * hidden_size / num_attention_heads };
+        let attention_hidden_size = f
+            .opt_usize("attention_hidden_size")?
+            .unwrap_or(2 * hidden_size);
+        let head_dim_default = (2 * hidden_size)
+            .checked_div(num_attention_heads)
+            .unwrap_or(0);
         let attention_head_dim = match f.opt_usize("attention_head_dim")? {
             Some(v) => v,
             None => f.opt_usize("head_dim")?.unwrap_or(head_dim_default),
@@ -183,19 +188,32 @@ impl ZambaConfig {
             ));
         }
         if self.mamba_d_state > 64 {
-            return bad(format!("mamba_d_state {} > 64 is not supported", self.mamba_d_state));
+            return bad(format!(
+                "mamba_d_state {} > 64 is not supported",
+                self.mamba_d_state
+            ));
         }
         if self.mamba_d_conv > 8 {
-            return bad(format!("mamba_d_conv {} > 8 is not supported", self.mamba_d_conv));
+            return bad(format!(
+                "mamba_d_conv {} > 8 is not supported",
+                self.mamba_d_conv
+            ));
         }
         if self.mamba_proj_bias {
-            return bad("mamba_proj_bias = true is not supported (Zamba has no in/out_proj bias)".into());
+            return bad(
+                "mamba_proj_bias = true is not supported (Zamba has no in/out_proj bias)".into(),
+            );
         }
         if !self.mamba_conv_bias {
-            return bad("mamba_conv_bias = false is not supported (Zamba's conv has a bias)".into());
+            return bad(
+                "mamba_conv_bias = false is not supported (Zamba's conv has a bias)".into(),
+            );
         }
         if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
-            return bad(format!("rms_norm_eps {} must be positive", self.rms_norm_eps));
+            return bad(format!(
+                "rms_norm_eps {} must be positive",
+                self.rms_norm_eps
+            ));
         }
         if self.vocab_size > i32::MAX as usize || self.hidden_size > 1 << 20 {
             return bad("sizes too large".into());
@@ -238,7 +256,9 @@ impl ZambaConfig {
 
     /// Global indices of the hybrid layers, in order.
     pub fn hybrid_layers(&self) -> Vec<usize> {
-        (0..self.layer_kinds.len()).filter(|&i| self.layer_kinds[i] == LayerKind::Hybrid).collect()
+        (0..self.layer_kinds.len())
+            .filter(|&i| self.layer_kinds[i] == LayerKind::Hybrid)
+            .collect()
     }
 
     /// For each layer, the index of its hybrid use (0..13) if it is a hybrid layer.
@@ -246,14 +266,21 @@ impl ZambaConfig {
         if self.layer_kinds.get(layer) != Some(&LayerKind::Hybrid) {
             return None;
         }
-        Some(self.layer_kinds[..layer].iter().filter(|&&k| k == LayerKind::Hybrid).count())
+        Some(
+            self.layer_kinds[..layer]
+                .iter()
+                .filter(|&&k| k == LayerKind::Hybrid)
+                .count(),
+        )
     }
 }
 
 /// The layer plan: `layers_block_type` (alias `layer_types`) when given, else HF's formula from
 /// attn_layer_period and attn_layer_offset (ZAMBA.md section 1).
 fn layer_plan(obj: &Map<String, Value>, n_layers: usize, f: &Fields) -> Result<Vec<LayerKind>> {
-    let list = obj.get("layers_block_type").or_else(|| obj.get("layer_types"));
+    let list = obj
+        .get("layers_block_type")
+        .or_else(|| obj.get("layer_types"));
     if let Some(list) = list.filter(|v| !v.is_null()) {
         let arr = list.as_array().ok_or_else(|| ZambaError::ConfigParse {
             path: "config.json".into(),
@@ -280,7 +307,9 @@ fn layer_plan(obj: &Map<String, Value>, n_layers: usize, f: &Fields) -> Result<V
     let period = f.usize("attn_layer_period", 6)?;
     let offset = f.usize("attn_layer_offset", 4)?;
     if period == 0 {
-        return Err(ZambaError::UnsupportedConfig("attn_layer_period must be positive".into()));
+        return Err(ZambaError::UnsupportedConfig(
+            "attn_layer_period must be positive".into(),
+        ));
     }
     if n_layers < 3 {
         return Err(ZambaError::UnsupportedConfig(format!(
@@ -288,7 +317,13 @@ fn layer_plan(obj: &Map<String, Value>, n_layers: usize, f: &Fields) -> Result<V
         )));
     }
     let mut kinds = vec![LayerKind::Mamba, LayerKind::Mamba, LayerKind::Hybrid];
-    kinds.extend((0..n_layers - 3).map(|i| if i % period == offset { LayerKind::Hybrid } else { LayerKind::Mamba }));
+    kinds.extend((0..n_layers - 3).map(|i| {
+        if i % period == offset {
+            LayerKind::Hybrid
+        } else {
+            LayerKind::Mamba
+        }
+    }));
     Ok(kinds)
 }
 
@@ -344,7 +379,10 @@ mod tests {
         assert_eq!(cfg.attention_head_dim, 464);
         assert_eq!(cfg.mamba_dt_rank, 232);
         assert_eq!(cfg.x_proj_rows(), 264);
-        assert_eq!(cfg.hybrid_layers(), vec![2, 7, 13, 19, 25, 31, 37, 43, 49, 55, 61, 67, 73]);
+        assert_eq!(
+            cfg.hybrid_layers(),
+            vec![2, 7, 13, 19, 25, 31, 37, 43, 49, 55, 61, 67, 73]
+        );
         assert_eq!(cfg.hybrid_slot(13), Some(2));
         assert_eq!(cfg.hybrid_slot(14), None);
         assert!((cfg.attention_scale() - 0.065_653_22).abs() < 1e-7);

@@ -7,8 +7,11 @@
 //! - [`cpu`]: the plain fp32 reference model, the oracle for every GPU kernel;
 //! - [`gpu`]: the CUDA engine (kernels from `csrc/`, cuBLAS GEMMs, caches, the static graph);
 //! - [`model`]: the backend-independent interface both implement;
-//! - [`sampler`] and [`generate`]: token selection and the generation loop.
+//! - [`sampler`] and [`generate`]: token selection and the generation loop;
+//! - [`cli`] and [`bench`]: the `zamba-run` command line and its benchmark.
 
+pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod cpu;
 pub mod error;

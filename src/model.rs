@@ -49,7 +49,11 @@ pub trait Model {
     /// Like `forward` with [`Logits::Last`], but returns only the greedy token of each entry.
     /// Backends override this to take the argmax on the device.
     fn forward_greedy(&mut self, batch: &[SeqInput]) -> Result<Vec<u32>> {
-        Ok(self.forward(batch, Logits::Last)?.iter().map(|l| argmax(l)).collect())
+        Ok(self
+            .forward(batch, Logits::Last)?
+            .iter()
+            .map(|l| argmax(l))
+            .collect())
     }
 }
 
@@ -86,10 +90,15 @@ pub fn check_batch(
             )));
         }
         if std::mem::replace(&mut seen[s.slot], true) {
-            return Err(ZambaError::InvalidInput(format!("batch entry {i}: slot {} appears twice", s.slot)));
+            return Err(ZambaError::InvalidInput(format!(
+                "batch entry {i}: slot {} appears twice",
+                s.slot
+            )));
         }
         if s.tokens.is_empty() {
-            return Err(ZambaError::InvalidInput(format!("batch entry {i}: no tokens")));
+            return Err(ZambaError::InvalidInput(format!(
+                "batch entry {i}: no tokens"
+            )));
         }
         if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(ZambaError::InvalidInput(format!(

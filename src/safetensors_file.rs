@@ -200,22 +200,30 @@ impl SafetensorsFile {
     /// Opens and mmaps `path`, then checks its header and every tensor's byte range.
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| ZambaError::io("safetensors file", path, e))?;
-        let len = file.metadata().map_err(|e| ZambaError::io("safetensors file", path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| ZambaError::io("safetensors file", path, e))?
+            .len();
         let bad = |reason: String| ZambaError::Safetensors {
             path: path.to_path_buf(),
             reason,
         };
         if len < 8 {
-            return Err(bad(format!("truncated: the file has {len} bytes, fewer than the 8-byte header length")));
+            return Err(bad(format!(
+                "truncated: the file has {len} bytes, fewer than the 8-byte header length"
+            )));
         }
         // SAFETY: the map is read-only and private to this process. The one way this can go wrong
         // is another process truncating or rewriting the file while it is mapped, which the
         // safetensors format (and every loader of it) assumes does not happen. All reads go through
         // ranges checked against the map's length below.
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| ZambaError::io("safetensors file", path, e))?;
+        let map =
+            unsafe { Mmap::map(&file) }.map_err(|e| ZambaError::io("safetensors file", path, e))?;
         let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER {
-            return Err(bad(format!("header length {header_len} exceeds the 100 MB limit")));
+            return Err(bad(format!(
+                "header length {header_len} exceeds the 100 MB limit"
+            )));
         }
         if 8 + header_len > len {
             return Err(bad(format!(
@@ -227,7 +235,9 @@ impl SafetensorsFile {
         let data_len = map.len() - data_start;
         let header: Value = serde_json::from_slice(&map[8..data_start])
             .map_err(|e| bad(format!("the header is not valid JSON: {e}")))?;
-        let obj = header.as_object().ok_or_else(|| bad("the header is not a JSON object".into()))?;
+        let obj = header
+            .as_object()
+            .ok_or_else(|| bad("the header is not a JSON object".into()))?;
         let mut tensors = BTreeMap::new();
         for (name, v) in obj {
             if name == "__metadata__" {
@@ -267,7 +277,12 @@ impl SafetensorsFile {
 }
 
 /// Parses one header entry and checks its byte range against the data region.
-fn parse_entry(name: &str, v: &Value, data_start: usize, data_len: usize) -> std::result::Result<TensorInfo, String> {
+fn parse_entry(
+    name: &str,
+    v: &Value,
+    data_start: usize,
+    data_len: usize,
+) -> std::result::Result<TensorInfo, String> {
     let dtype = v
         .get("dtype")
         .and_then(Value::as_str)
@@ -289,7 +304,9 @@ fn parse_entry(name: &str, v: &Value, data_start: usize, data_len: usize) -> std
         .ok_or_else(|| format!("tensor {name}: data_offsets must be two non-negative integers"))?;
     let (begin, end) = offs;
     if begin > end {
-        return Err(format!("tensor {name}: data_offsets [{begin}, {end}) are reversed"));
+        return Err(format!(
+            "tensor {name}: data_offsets [{begin}, {end}) are reversed"
+        ));
     }
     if end > data_len {
         return Err(format!(

@@ -55,7 +55,9 @@ impl Sampler {
         if self.is_greedy() {
             return argmax(logits);
         }
-        let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
+        let mut idx: Vec<usize> = (0..logits.len())
+            .filter(|&i| logits[i].is_finite())
+            .collect();
         if idx.is_empty() {
             return argmax(logits);
         }
@@ -64,7 +66,10 @@ impl Sampler {
             idx.truncate(self.cfg.top_k);
         }
         let m = logits[idx[0]];
-        let mut probs: Vec<f32> = idx.iter().map(|&i| ((logits[i] - m) / self.cfg.temperature).exp()).collect();
+        let mut probs: Vec<f32> = idx
+            .iter()
+            .map(|&i| ((logits[i] - m) / self.cfg.temperature).exp())
+            .collect();
         let total: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= total);
         if self.cfg.top_p < 1.0 {

@@ -108,8 +108,17 @@ pub fn shared_names(k: usize) -> SharedNames {
 }
 
 /// Every tensor the config implies, given the hybrid layer that stores the shared block.
-pub fn expected_tensors(cfg: &ZambaConfig, shared_layer: usize, has_lm_head: bool) -> Vec<TensorSpec> {
-    let (h, di, nh, dh) = (cfg.hidden_size, cfg.d_inner(), cfg.n_mamba_heads, cfg.mamba_head_dim());
+pub fn expected_tensors(
+    cfg: &ZambaConfig,
+    shared_layer: usize,
+    has_lm_head: bool,
+) -> Vec<TensorSpec> {
+    let (h, di, nh, dh) = (
+        cfg.hidden_size,
+        cfg.d_inner(),
+        cfg.n_mamba_heads,
+        cfg.mamba_head_dim(),
+    );
     let (n, r, k) = (cfg.mamba_d_state, cfg.mamba_dt_rank, cfg.mamba_d_conv);
     let mut v = Vec::new();
     let mut push = |name: &str, shape: &[usize], rule| {
@@ -142,7 +151,12 @@ pub fn expected_tensors(cfg: &ZambaConfig, shared_layer: usize, has_lm_head: boo
         }
     }
     let s = shared_names(shared_layer);
-    let (ah, q, kv, f) = (cfg.attention_hidden_size, cfg.q_width(), cfg.kv_width(), cfg.intermediate_size);
+    let (ah, q, kv, f) = (
+        cfg.attention_hidden_size,
+        cfg.q_width(),
+        cfg.kv_width(),
+        cfg.intermediate_size,
+    );
     push(&s.input_layernorm, &[ah], AnyFloat);
     push(&s.q_proj, &[q, ah], Bf16);
     push(&s.k_proj, &[kv, ah], Bf16);
@@ -177,10 +191,11 @@ impl Checkpoint {
         }
         let config = ZambaConfig::from_file(&dir.join("config.json"))?;
         let (files, location) = open_files(dir)?;
-        let shared_layer = find_shared_layer(&config, &location).map_err(|problem| ZambaError::Checkpoint {
-            path: dir.to_path_buf(),
-            problems: vec![problem],
-        })?;
+        let shared_layer =
+            find_shared_layer(&config, &location).map_err(|problem| ZambaError::Checkpoint {
+                path: dir.to_path_buf(),
+                problems: vec![problem],
+            })?;
         let has_lm_head = location.contains_key(LM_HEAD);
         let ckpt = Checkpoint {
             dir: dir.to_path_buf(),
@@ -198,11 +213,17 @@ impl Checkpoint {
         let mut problems = Vec::new();
         for spec in expected_tensors(&self.config, self.shared_layer, self.has_lm_head) {
             let Some(t) = self.lookup(&spec.name) else {
-                problems.push(format!("missing tensor {} (expected shape {:?})", spec.name, spec.shape));
+                problems.push(format!(
+                    "missing tensor {} (expected shape {:?})",
+                    spec.name, spec.shape
+                ));
                 continue;
             };
             if t.shape != spec.shape.as_slice() {
-                problems.push(format!("tensor {}: shape {:?}, expected {:?}", spec.name, t.shape, spec.shape));
+                problems.push(format!(
+                    "tensor {}: shape {:?}, expected {:?}",
+                    spec.name, t.shape, spec.shape
+                ));
             }
             let dtype_ok = match spec.rule {
                 DTypeRule::Bf16 => *t.dtype == DType::BF16,
@@ -213,7 +234,10 @@ impl Checkpoint {
                     DTypeRule::Bf16 => "BF16",
                     DTypeRule::AnyFloat => "BF16, F16 or F32",
                 };
-                problems.push(format!("tensor {}: dtype {}, expected {want}", spec.name, t.dtype));
+                problems.push(format!(
+                    "tensor {}: dtype {}, expected {want}",
+                    spec.name, t.dtype
+                ));
             }
         }
         if problems.is_empty() {
@@ -279,21 +303,27 @@ fn open_files(dir: &Path) -> Result<(Vec<SafetensorsFile>, HashMap<String, usize
     let mut files = Vec::new();
     let mut location = HashMap::new();
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path).map_err(|e| ZambaError::io("index", &index_path, e))?;
+        let text = std::fs::read_to_string(&index_path)
+            .map_err(|e| ZambaError::io("index", &index_path, e))?;
         let bad = |reason: String| ZambaError::Safetensors {
             path: index_path.clone(),
             reason,
         };
-        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(Value::as_object)
             .ok_or_else(|| bad("no weight_map object".into()))?;
         let mut shard_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for (name, file) in map {
-            let file = file.as_str().ok_or_else(|| bad(format!("weight_map[{name}] is not a file name")))?;
+            let file = file
+                .as_str()
+                .ok_or_else(|| bad(format!("weight_map[{name}] is not a file name")))?;
             if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-                return Err(bad(format!("weight_map[{name}] = {file:?} is not a plain file name")));
+                return Err(bad(format!(
+                    "weight_map[{name}] = {file:?} is not a plain file name"
+                )));
             }
             shard_of.entry(file).or_default().push(name);
         }
@@ -304,7 +334,9 @@ fn open_files(dir: &Path) -> Result<(Vec<SafetensorsFile>, HashMap<String, usize
                 if st.get(name).is_some() {
                     location.insert(name.to_string(), files.len());
                 } else {
-                    problems.push(format!("the index puts {name} in {file}, which does not hold it"));
+                    problems.push(format!(
+                        "the index puts {name} in {file}, which does not hold it"
+                    ));
                 }
             }
             files.push(st);
@@ -331,13 +363,17 @@ fn open_files(dir: &Path) -> Result<(Vec<SafetensorsFile>, HashMap<String, usize
 }
 
 /// Finds the one hybrid layer index `k` with `model.layers.<k>.shared_transf.*` tensors.
-fn find_shared_layer(cfg: &ZambaConfig, location: &HashMap<String, usize>) -> std::result::Result<usize, String> {
+fn find_shared_layer(
+    cfg: &ZambaConfig,
+    location: &HashMap<String, usize>,
+) -> std::result::Result<usize, String> {
     let mut found: Vec<usize> = location
         .keys()
         .filter_map(|name| {
             let rest = name.strip_prefix("model.layers.")?;
             let (idx, tail) = rest.split_once('.')?;
-            tail.starts_with("shared_transf.").then(|| idx.parse().ok())?
+            tail.starts_with("shared_transf.")
+                .then(|| idx.parse().ok())?
         })
         .collect();
     found.sort_unstable();

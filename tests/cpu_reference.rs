@@ -29,11 +29,18 @@ fn logits_and_hidden_states_match_hf_fp32() {
         assert!(max <= 5e-3, "seq {b}: logits max abs diff {max} > 5e-3");
         assert_eq!(trace.hidden.len(), 14);
         for (i, hs) in trace.hidden.iter().enumerate() {
-            let gh = g.get(&format!("hidden_states.{i}")).unwrap().to_f32().unwrap();
+            let gh = g
+                .get(&format!("hidden_states.{i}"))
+                .unwrap()
+                .to_f32()
+                .unwrap();
             let want = &gh[b * seq * h..(b + 1) * seq * h];
             let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
             let (max, _) = diff(hs, want);
-            assert!(max <= 1e-4 * scale.max(1.0), "seq {b}: hidden_states.{i} max abs diff {max} (scale {scale})");
+            assert!(
+                max <= 1e-4 * scale.max(1.0),
+                "seq {b}: hidden_states.{i} max abs diff {max} (scale {scale})"
+            );
         }
     }
 }
@@ -45,7 +52,11 @@ fn greedy_decoding_with_caches_reproduces_generated_ids() {
     let want = golden_ids(&g, "generated_ids");
     let mut m = model(2);
     // Both sequences share each forward: a batched prefill, then batched one-token decode steps.
-    let batch: Vec<SeqInput> = prompts.iter().enumerate().map(|(i, p)| SeqInput { slot: i, tokens: p }).collect();
+    let batch: Vec<SeqInput> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| SeqInput { slot: i, tokens: p })
+        .collect();
     let mut next = m.forward_greedy(&batch).unwrap();
     let mut got: Vec<Vec<u32>> = prompts.clone();
     while got[0].len() < want[0].len() {
@@ -56,7 +67,11 @@ fn greedy_decoding_with_caches_reproduces_generated_ids() {
             break;
         }
         let steps: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let batch: Vec<SeqInput> = steps.iter().enumerate().map(|(i, t)| SeqInput { slot: i, tokens: t }).collect();
+        let batch: Vec<SeqInput> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, t)| SeqInput { slot: i, tokens: t })
+            .collect();
         next = m.forward_greedy(&batch).unwrap();
     }
     assert_eq!(got, want);
@@ -68,14 +83,33 @@ fn chunked_prefill_equals_one_shot_prefill() {
     let g = golden();
     let row = &golden_ids(&g, "generated_ids")[1];
     let mut m = model(2);
-    let full = m.forward(&[SeqInput { slot: 0, tokens: row }], Logits::All).unwrap().remove(0);
+    let full = m
+        .forward(
+            &[SeqInput {
+                slot: 0,
+                tokens: row,
+            }],
+            Logits::All,
+        )
+        .unwrap()
+        .remove(0);
     let v = m.config().vocab_size;
     // Chunks of 5, 1, 9 and the rest: crosses the conv window (K-1 = 3) and the attention cache.
     let mut got = Vec::new();
     let mut start = 0;
     for len in [5, 1, 9, row.len() - 15] {
         let chunk = &row[start..start + len];
-        got.extend(m.forward(&[SeqInput { slot: 1, tokens: chunk }], Logits::All).unwrap().remove(0));
+        got.extend(
+            m.forward(
+                &[SeqInput {
+                    slot: 1,
+                    tokens: chunk,
+                }],
+                Logits::All,
+            )
+            .unwrap()
+            .remove(0),
+        );
         start += len;
     }
     assert_eq!(got.len(), row.len() * v);
@@ -87,17 +121,58 @@ fn chunked_prefill_equals_one_shot_prefill() {
 fn prompt_past_the_context_limit_is_an_error() {
     let ck = Checkpoint::open(&tiny_a()).unwrap();
     let mut m = CpuModel::load(&ck, 1, Some(8)).unwrap();
-    let err = m.forward(&[SeqInput { slot: 0, tokens: &[1; 9] }], Logits::Last).unwrap_err();
-    assert!(err.to_string().contains("past the context limit of 8"), "{err}");
-    m.forward(&[SeqInput { slot: 0, tokens: &[1; 8] }], Logits::Last).unwrap();
-    let err = m.forward(&[SeqInput { slot: 0, tokens: &[1] }], Logits::Last).unwrap_err();
+    let err = m
+        .forward(
+            &[SeqInput {
+                slot: 0,
+                tokens: &[1; 9],
+            }],
+            Logits::Last,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("past the context limit of 8"),
+        "{err}"
+    );
+    m.forward(
+        &[SeqInput {
+            slot: 0,
+            tokens: &[1; 8],
+        }],
+        Logits::Last,
+    )
+    .unwrap();
+    let err = m
+        .forward(
+            &[SeqInput {
+                slot: 0,
+                tokens: &[1],
+            }],
+            Logits::Last,
+        )
+        .unwrap_err();
     assert!(err.to_string().contains("9 tokens"), "{err}");
 }
 
 #[test]
 fn token_ids_past_the_vocabulary_are_an_error() {
     let mut m = model(1);
-    let err = m.forward(&[SeqInput { slot: 0, tokens: &[1, 32000] }], Logits::Last).unwrap_err();
-    assert!(err.to_string().contains("token id 32000 is out of range"), "{err}");
-    assert_eq!(m.seq_len(0), 0, "a rejected batch must not change the state");
+    let err = m
+        .forward(
+            &[SeqInput {
+                slot: 0,
+                tokens: &[1, 32000],
+            }],
+            Logits::Last,
+        )
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("token id 32000 is out of range"),
+        "{err}"
+    );
+    assert_eq!(
+        m.seq_len(0),
+        0,
+        "a rejected batch must not change the state"
+    );
 }

@@ -2,7 +2,7 @@
 //! attention with scale 1/sqrt(head_dim/2) and a KV cache, o_proj, RMSNorm, and the GELU-gated MLP.
 //! There is no residual connection inside the block.
 
-use super::ops::{gelu, matmul, rmsnorm, Mat};
+use super::ops::{gelu, matmul, par_rows, rmsnorm, Mat};
 
 /// Causal attention of `q` (`[T, NA·HD]`) over cached keys/values (`[P, NKV·HD]`, where the last T
 /// rows belong to the queries): query t sits at position `P - T + t` and sees positions `0..=` that.
@@ -23,26 +23,31 @@ pub fn causal_attention(
     let rep = n_heads / n_kv;
     let p0 = n_pos - t_len;
     let mut out = vec![0f32; t_len * qw];
-    for t in 0..t_len {
+    // One output row per (query, head), spread over threads.
+    par_rows(&mut out, hd, |row, o| {
+        let (t, h) = (row / n_heads, row % n_heads);
         let visible = p0 + t + 1;
-        for h in 0..n_heads {
-            let g = h / rep;
-            let qh = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
-            let scores: Vec<f32> = (0..visible)
-                .map(|p| qh.iter().zip(&k[p * kw + g * hd..p * kw + (g + 1) * hd]).map(|(a, b)| a * b).sum::<f32>() * scale)
-                .collect();
-            let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-            let sum: f32 = e.iter().sum();
-            let o = &mut out[t * qw + h * hd..t * qw + (h + 1) * hd];
-            for (p, ep) in e.iter().enumerate() {
-                let w = ep / sum;
-                for (od, vd) in o.iter_mut().zip(&v[p * kw + g * hd..p * kw + (g + 1) * hd]) {
-                    *od += w * vd;
-                }
+        let g = h / rep;
+        let qh = &q[t * qw + h * hd..t * qw + (h + 1) * hd];
+        let scores: Vec<f32> = (0..visible)
+            .map(|p| {
+                qh.iter()
+                    .zip(&k[p * kw + g * hd..p * kw + (g + 1) * hd])
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+                    * scale
+            })
+            .collect();
+        let m = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+        let sum: f32 = e.iter().sum();
+        for (p, ep) in e.iter().enumerate() {
+            let w = ep / sum;
+            for (od, vd) in o.iter_mut().zip(&v[p * kw + g * hd..p * kw + (g + 1) * hd]) {
+                *od += w * vd;
             }
         }
-    }
+    });
     out
 }
 
@@ -80,7 +85,14 @@ pub struct KvCache {
 impl SharedWeights {
     /// The block on residual stream `h` and embeddings `e` (both `[T, H]`), appending this step's
     /// keys and values to `cache`. Returns the MLP output `[T, H]`.
-    pub fn forward(&self, h: &[f32], e: &[f32], t_len: usize, s: AttnShape, cache: &mut KvCache) -> Vec<f32> {
+    pub fn forward(
+        &self,
+        h: &[f32],
+        e: &[f32],
+        t_len: usize,
+        s: AttnShape,
+        cache: &mut KvCache,
+    ) -> Vec<f32> {
         let hs = h.len() / t_len.max(1);
         let mut cat = Vec::with_capacity(2 * h.len());
         for t in 0..t_len {
@@ -92,7 +104,9 @@ impl SharedWeights {
         cache.k.extend(matmul(&a, t_len, &self.k_proj));
         cache.v.extend(matmul(&a, t_len, &self.v_proj));
         let n_pos = cache.k.len() / (s.n_kv * s.head_dim);
-        let o = causal_attention(&q, t_len, &cache.k, &cache.v, n_pos, s.n_heads, s.n_kv, s.head_dim, s.scale);
+        let o = causal_attention(
+            &q, t_len, &cache.k, &cache.v, n_pos, s.n_heads, s.n_kv, s.head_dim, s.scale,
+        );
         let o = matmul(&o, t_len, &self.o_proj);
         let m = rmsnorm(&o, &self.pre_ff_layernorm, s.eps);
         let g = matmul(&m, t_len, &self.gate_proj);

@@ -11,7 +11,13 @@ use super::ops::{dot, matmul, silu, softplus, Mat};
 /// Depthwise causal conv over time plus SiLU, continuing from `state`, which is updated in place:
 /// `out[t, c] = silu(b[c] + Σ_k w[c, k] · x[t - (K-1) + k, c])`, where inputs before t = 0 come
 /// from the state. `w` is `[C, K]`.
-pub fn causal_conv1d_silu(xs: &[f32], t_len: usize, w: &[f32], b: &[f32], state: &mut [f32]) -> Vec<f32> {
+pub fn causal_conv1d_silu(
+    xs: &[f32],
+    t_len: usize,
+    w: &[f32],
+    b: &[f32],
+    state: &mut [f32],
+) -> Vec<f32> {
     let c_len = b.len();
     let k_len = w.len() / c_len;
     // The conv input with its history in front: [hist + T, C].
@@ -123,7 +129,14 @@ impl MambaState {
 
 impl MambaWeights {
     /// The mixer on `x` (`[T, H]`, already normalised), continuing from and updating `state`.
-    pub fn forward(&self, x: &[f32], t_len: usize, n_heads: usize, d_state: usize, state: &mut MambaState) -> Vec<f32> {
+    pub fn forward(
+        &self,
+        x: &[f32],
+        t_len: usize,
+        n_heads: usize,
+        d_state: usize,
+        state: &mut MambaState,
+    ) -> Vec<f32> {
         let di = self.d.len();
         let dh = di / n_heads;
         let dt_rank = self.dt_proj[0].cols;
@@ -141,10 +154,13 @@ impl MambaWeights {
         let mut xdbl = vec![0f32; t_len * n_heads * xr];
         let mut dtr = vec![0f32; t_len * di];
         for h in 0..n_heads {
-            let uh: Vec<f32> = (0..t_len).flat_map(|t| u[t * di + h * dh..t * di + (h + 1) * dh].to_vec()).collect();
+            let uh: Vec<f32> = (0..t_len)
+                .flat_map(|t| u[t * di + h * dh..t * di + (h + 1) * dh].to_vec())
+                .collect();
             let proj = matmul(&uh, t_len, &self.x_proj[h]);
             for t in 0..t_len {
-                xdbl[(t * n_heads + h) * xr..(t * n_heads + h + 1) * xr].copy_from_slice(&proj[t * xr..(t + 1) * xr]);
+                xdbl[(t * n_heads + h) * xr..(t * n_heads + h + 1) * xr]
+                    .copy_from_slice(&proj[t * xr..(t + 1) * xr]);
                 let dtl = &proj[t * xr..t * xr + dt_rank];
                 for d in 0..dh {
                     let wr = &self.dt_proj[h].data[d * dt_rank..(d + 1) * dt_rank];

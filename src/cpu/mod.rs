@@ -58,9 +58,19 @@ fn vecf(ck: &Checkpoint, name: &str) -> Result<Vec<f32>> {
 }
 
 /// Splits a `[heads, rows, cols]` tensor into one matrix per head.
-fn per_head(ck: &Checkpoint, name: &str, heads: usize, rows: usize, cols: usize) -> Result<Vec<Mat>> {
+fn per_head(
+    ck: &Checkpoint,
+    name: &str,
+    heads: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<Mat>> {
     let all = ck.get(name)?.to_bf16()?;
-    Ok(all.chunks_exact(rows * cols).take(heads).map(|c| Mat::new(rows, cols, c.to_vec())).collect())
+    Ok(all
+        .chunks_exact(rows * cols)
+        .take(heads)
+        .map(|c| Mat::new(rows, cols, c.to_vec()))
+        .collect())
 }
 
 impl CpuModel {
@@ -68,7 +78,12 @@ impl CpuModel {
     /// max_position_embeddings.
     pub fn load(ck: &Checkpoint, num_slots: usize, max_context: Option<usize>) -> Result<Self> {
         let cfg = ck.config().clone();
-        let (h, di, nh, dh) = (cfg.hidden_size, cfg.d_inner(), cfg.n_mamba_heads, cfg.mamba_head_dim());
+        let (h, di, nh, dh) = (
+            cfg.hidden_size,
+            cfg.d_inner(),
+            cfg.n_mamba_heads,
+            cfg.mamba_head_dim(),
+        );
         let (r, xr) = (cfg.mamba_dt_rank, cfg.x_proj_rows());
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         let mut linear = Vec::with_capacity(cfg.num_hidden_layers);
@@ -93,7 +108,12 @@ impl CpuModel {
             });
         }
         let s = shared_names(ck.shared_layer());
-        let (q, kv, ah, f) = (cfg.q_width(), cfg.kv_width(), cfg.attention_hidden_size, cfg.intermediate_size);
+        let (q, kv, ah, f) = (
+            cfg.q_width(),
+            cfg.kv_width(),
+            cfg.attention_hidden_size,
+            cfg.intermediate_size,
+        );
         let shared = SharedWeights {
             input_layernorm: vecf(ck, &s.input_layernorm)?,
             q_proj: mat(ck, &s.q_proj, q, ah)?,
@@ -129,7 +149,10 @@ impl CpuModel {
         let c = &self.cfg;
         SeqState {
             len: 0,
-            mamba: vec![MambaState::zeros(c.d_inner(), c.mamba_d_conv, c.mamba_d_state); c.num_hidden_layers],
+            mamba: vec![
+                MambaState::zeros(c.d_inner(), c.mamba_d_conv, c.mamba_d_state);
+                c.num_hidden_layers
+            ],
             kv: vec![KvCache::default(); c.hybrid_layers().len()],
         }
     }
@@ -147,21 +170,30 @@ impl CpuModel {
     /// One sequence's forward over `tokens`, continuing from `slot`'s state, keeping every
     /// intermediate hidden state. Token ids must already be checked.
     pub fn forward_traced(&mut self, slot: usize, tokens: &[u32]) -> Result<Trace> {
-        check_batch(&self.cfg, &[SeqInput { slot, tokens }], self.slots.len(), self.max_context, |s| {
-            self.slots[s].len
-        })?;
+        check_batch(
+            &self.cfg,
+            &[SeqInput { slot, tokens }],
+            self.slots.len(),
+            self.max_context,
+            |s| self.slots[s].len,
+        )?;
         let cfg = &self.cfg;
         let (hs, t_len, eps) = (cfg.hidden_size, tokens.len(), cfg.rms_norm_eps);
         let shape = self.attn_shape();
         let state = &mut self.slots[slot];
-        let e: Vec<f32> = tokens.iter().flat_map(|&t| self.embed.row_f32(t as usize)).collect();
+        let e: Vec<f32> = tokens
+            .iter()
+            .flat_map(|&t| self.embed.row_f32(t as usize))
+            .collect();
         let mut h = e.clone();
         let mut hidden = vec![h.clone()];
         let mut hybrid_idx = 0;
         for (i, layer) in self.layers.iter().enumerate() {
             let normed = match &self.linear[i] {
                 Some(lin) => {
-                    let t = self.shared.forward(&h, &e, t_len, shape, &mut state.kv[hybrid_idx]);
+                    let t = self
+                        .shared
+                        .forward(&h, &e, t_len, shape, &mut state.kv[hybrid_idx]);
                     hybrid_idx += 1;
                     let t = matmul(&t, t_len, lin);
                     let u: Vec<f32> = h.iter().zip(&t).map(|(a, b)| a + b).collect();
@@ -169,7 +201,13 @@ impl CpuModel {
                 }
                 None => rmsnorm(&h, &layer.input_layernorm, eps),
             };
-            let out = layer.forward(&normed, t_len, cfg.n_mamba_heads, cfg.mamba_d_state, &mut state.mamba[i]);
+            let out = layer.forward(
+                &normed,
+                t_len,
+                cfg.n_mamba_heads,
+                cfg.mamba_d_state,
+                &mut state.mamba[i],
+            );
             for (a, b) in h.iter_mut().zip(&out) {
                 *a += b;
             }
@@ -203,13 +241,21 @@ impl Model for CpuModel {
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
-        check_batch(&self.cfg, &[SeqInput { slot, tokens: &[0] }], self.slots.len(), usize::MAX, |_| 0)?;
+        check_batch(
+            &self.cfg,
+            &[SeqInput { slot, tokens: &[0] }],
+            self.slots.len(),
+            usize::MAX,
+            |_| 0,
+        )?;
         self.slots[slot] = self.empty_state();
         Ok(())
     }
 
     fn forward(&mut self, batch: &[SeqInput], logits: Logits) -> Result<Vec<Vec<f32>>> {
-        check_batch(&self.cfg, batch, self.slots.len(), self.max_context, |s| self.slots[s].len)?;
+        check_batch(&self.cfg, batch, self.slots.len(), self.max_context, |s| {
+            self.slots[s].len
+        })?;
         let v = self.cfg.vocab_size;
         batch
             .iter()

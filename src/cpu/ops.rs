@@ -22,18 +22,23 @@ impl Mat {
 
     /// Row `r` widened to f32.
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
-        self.data[r * self.cols..(r + 1) * self.cols].iter().map(|v| v.to_f32()).collect()
+        self.data[r * self.cols..(r + 1) * self.cols]
+            .iter()
+            .map(|v| v.to_f32())
+            .collect()
     }
 }
 
 /// Number of worker threads for the CPU reference.
 fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(64)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(64)
 }
 
 /// Runs `f(row_index, out_row)` for every row of `out` (`[n_rows, row_len]`), spread over threads.
 pub fn par_rows(out: &mut [f32], row_len: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
-    let n_rows = if row_len == 0 { 0 } else { out.len() / row_len };
+    let n_rows = out.len().checked_div(row_len).unwrap_or(0);
     let per = n_rows.div_ceil(threads()).max(1);
     std::thread::scope(|s| {
         for (ci, chunk) in out.chunks_mut(per * row_len.max(1)).enumerate() {
@@ -127,14 +132,17 @@ pub fn softplus(x: f32) -> f32 {
 pub fn erf(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let ans = t * (-z * z - 1.265_512_23
-        + t * (1.000_023_68
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
-        .exp();
+    let ans = t
+        * (-z * z - 1.265_512_23
+            + t * (1.000_023_68
+                + t * (0.374_091_96
+                    + t * (0.096_784_18
+                        + t * (-0.186_288_06
+                            + t * (0.278_868_07
+                                + t * (-1.135_203_98
+                                    + t * (1.488_515_87
+                                        + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+            .exp();
     let erf_abs = 1.0 - ans;
     if x >= 0.0 {
         erf_abs

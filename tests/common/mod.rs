@@ -32,7 +32,11 @@ pub fn golden() -> SafetensorsFile {
 pub fn golden_ids(g: &SafetensorsFile, key: &str) -> Vec<Vec<u32>> {
     let t = g.get(key).expect(key);
     let cols = t.shape[1];
-    t.to_i64().unwrap().chunks(cols).map(|r| r.iter().map(|&v| v as u32).collect()).collect()
+    t.to_i64()
+        .unwrap()
+        .chunks(cols)
+        .map(|r| r.iter().map(|&v| v as u32).collect())
+        .collect()
 }
 
 /// Max and mean absolute difference.
@@ -55,4 +59,78 @@ pub fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A deterministic xorshift generator for test inputs.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next_f32(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 40) as f32 / (1u64 << 24) as f32
+    }
+
+    /// `n` values uniform in [lo, hi), rounded to bf16 (so both sides see the same inputs).
+    pub fn bf16_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| half::bf16::from_f32(lo + (hi - lo) * self.next_f32()).to_f32())
+            .collect()
+    }
+
+    pub fn f32_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| lo + (hi - lo) * self.next_f32()).collect()
+    }
+}
+
+/// The GPU, or None (with a note on stderr) when this machine has none: GPU tests then skip.
+pub fn gpu_or_skip(test: &str) -> Option<zamba::gpu::Gpu> {
+    if let Some(why) = zamba::gpu::unavailable_reason() {
+        skip_note(test, &why);
+        return None;
+    }
+    Some(zamba::gpu::Gpu::new(0).expect("GPU present but failed to open"))
+}
+
+/// True when a GPU can be used; prints why not otherwise.
+pub fn have_gpu(test: &str) -> bool {
+    match zamba::gpu::unavailable_reason() {
+        Some(why) => {
+            skip_note(test, &why);
+            false
+        }
+        None => true,
+    }
+}
+
+/// Relative check: every |a - b| ≤ atol + rtol·|b|. Reports the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let mut worst = (0usize, 0f32);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{what}: element {i} is {g}");
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        if excess > worst.1 {
+            worst = (i, excess);
+        }
+    }
+    let i = worst.0;
+    assert!(
+        worst.1 <= 0.0,
+        "{what}: element {i}: got {}, want {} (atol {atol}, rtol {rtol})",
+        got[i],
+        want[i]
+    );
+    let (max, mean) = diff(got, want);
+    eprintln!(
+        "{what}: max abs diff {max:.3e}, mean {mean:.3e} over {} values",
+        got.len()
+    );
+}
+
+/// Says that a GPU test was skipped, on the real stderr (the test harness captures eprintln!).
+pub fn skip_note(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED (no GPU) {test}: {why}");
 }

@@ -1,0 +1,157 @@
+// RoPE-free causal attention of the shared block: KV-cache writes, the masked softmax of the
+// prefill path (whose two matrix products run in cuBLAS), and flash-decoding for one-token steps.
+//
+// KV cache of one hybrid layer: K and V each bf16 [slots, NKV, ctx, HD]. qkv rows are
+// [q (NA*HD) | k (NKV*HD) | v (NKV*HD)] with row stride ldqkv.
+#include "common.cuh"
+
+#define MAX_HD 512
+#define DEC_WARPS 4
+
+// Appends each row's k and v to its sequence's cache at position entry_past[e] + (m - entry_start[e]).
+// Launch: grid (ceil(NKV*HD/256), M), block 256.
+extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, int q_width,
+                                     const int* __restrict__ tok_entry, const int* __restrict__ entry_start,
+                                     const int* __restrict__ entry_past, const int* __restrict__ entry_slot,
+                                     bf16* __restrict__ kc, bf16* __restrict__ vc, int NKV, int HD, int ctx) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int m = blockIdx.y;
+    const int kvw = NKV * HD;
+    if (i >= kvw) return;
+    const int e = tok_entry[m];
+    const int pos = entry_past[e] + (m - entry_start[e]);
+    if (pos >= ctx) return;  // the host checks the context limit; never write past the cache
+    const int g = i / HD, d = i % HD;
+    const size_t dst = (((size_t)entry_slot[e] * NKV + g) * ctx + pos) * HD + d;
+    kc[dst] = qkv[(size_t)m * ldqkv + q_width + i];
+    vc[dst] = qkv[(size_t)m * ldqkv + q_width + kvw + i];
+}
+
+// Causal softmax of prefill scores. S is fp32 [NA, Tq, nk] (already scaled by cuBLAS); row
+// (h, t) is query q0 + t of a sequence with `past` earlier tokens, so it sees keys 0..past+q0+t.
+// P[h, t, j] = bf16(exp(S - max) / sum) for visible j, 0 for the rest (the P.V GEMM reads all nk).
+// Launch: grid (NA * Tq), block 256.
+extern "C" __global__ void softmax_causal(const float* __restrict__ S, bf16* __restrict__ P,
+                                          int Tq, int nk, int past_q0) {
+    const int row = blockIdx.x;
+    const int t = row % Tq;
+    const int visible = min(nk, past_q0 + t + 1);
+    const float* s = S + (size_t)row * nk;
+    bf16* p = P + (size_t)row * nk;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) mx = fmaxf(mx, s[j]);
+    mx = block_max(mx);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += expf(s[j] - mx);
+    sum = block_sum(sum);
+    const float inv = 1.f / sum;
+    for (int j = threadIdx.x; j < nk; j += blockDim.x) p[j] = to_bf(j < visible ? expf(s[j] - mx) * inv : 0.f);
+}
+
+// Flash-decoding, step 1: one query per sequence (row b of qkv), split over the keys. Block
+// (h, split, b) covers keys [split*split_len, min((split+1)*split_len, n_keys)) of head h, where
+// n_keys = seq_len[b] (the cache already holds this step's key). Each warp takes every 4th key,
+// keeps a running max m, sum l and weighted value sum acc (online softmax), and the block merges
+// its warps. Writes unnormalised acc [B, NA, n_splits, HD] and (m, l) [B, NA, n_splits, 2].
+// Lane j owns the 8-element chunks j and j + 32 of the head dimension (HD % 8 == 0, HD <= 512).
+// Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS.
+extern "C" __global__ void attn_decode(const bf16* __restrict__ qkv, int ldqkv,
+                                       const bf16* __restrict__ kc, const bf16* __restrict__ vc,
+                                       const int* __restrict__ entry_slot, const int* __restrict__ seq_len,
+                                       float* __restrict__ part_acc, float* __restrict__ part_ml,
+                                       int NA, int NKV, int HD, int ctx, int split_len, float scale) {
+    const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, n_splits = gridDim.y;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = h / (NA / NKV);
+    const int n_keys = seq_len[b];
+    const int k0 = split * split_len, k1 = min(k0 + split_len, n_keys);
+    __shared__ float q[MAX_HD];
+    __shared__ float w_acc[DEC_WARPS][MAX_HD];
+    __shared__ float w_m[DEC_WARPS], w_l[DEC_WARPS];
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) q[d] = to_f(qkv[(size_t)b * ldqkv + h * HD + d]);
+    __syncthreads();
+    const int nchunk = HD / 8;
+    const size_t base = ((size_t)entry_slot[b] * NKV + g) * ctx * HD;
+    float m = -INFINITY, l = 0.f, acc[2][8];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int x = 0; x < 8; ++x) acc[i][x] = 0.f;
+    for (int p = k0 + warp; p < k1; p += DEC_WARPS) {
+        const bf16* kp = kc + base + (size_t)p * HD;
+        float part = 0.f;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int ch = lane + 32 * i;
+            if (ch < nchunk) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(kp + ch * 8);
+                const bf16* kv8 = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+                for (int x = 0; x < 8; ++x) part += q[ch * 8 + x] * to_f(kv8[x]);
+            }
+        }
+        const float s = warp_sum(part) * scale;
+        const float m_new = fmaxf(m, s);
+        const float corr = expf(m - m_new);  // m = -inf on the first key: corr = 0
+        const float pw = expf(s - m_new);
+        l = l * corr + pw;
+        const bf16* vp = vc + base + (size_t)p * HD;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int ch = lane + 32 * i;
+            if (ch < nchunk) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(vp + ch * 8);
+                const bf16* v8 = reinterpret_cast<const bf16*>(&raw);
+#pragma unroll
+                for (int x = 0; x < 8; ++x) acc[i][x] = acc[i][x] * corr + pw * to_f(v8[x]);
+            }
+        }
+        m = m_new;
+    }
+    // Merge the warps: each writes its (m, l, acc); then every thread combines one dimension.
+    if (lane == 0) { w_m[warp] = m; w_l[warp] = l; }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int ch = lane + 32 * i;
+        if (ch < nchunk)
+#pragma unroll
+            for (int x = 0; x < 8; ++x) w_acc[warp][ch * 8 + x] = acc[i][x];
+    }
+    __syncthreads();
+    float M = -INFINITY;
+    for (int w = 0; w < DEC_WARPS; ++w) M = fmaxf(M, w_m[w]);
+    const size_t part = ((size_t)b * NA + h) * n_splits + split;
+    float L = 0.f;
+    for (int w = 0; w < DEC_WARPS; ++w) L += w_m[w] == -INFINITY ? 0.f : w_l[w] * expf(w_m[w] - M);
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float a = 0.f;
+        for (int w = 0; w < DEC_WARPS; ++w) a += w_m[w] == -INFINITY ? 0.f : w_acc[w][d] * expf(w_m[w] - M);
+        part_acc[part * HD + d] = a;
+    }
+    if (threadIdx.x == 0) { part_ml[part * 2] = M; part_ml[part * 2 + 1] = L; }
+}
+
+// Flash-decoding, step 2: out[b, h*HD + d] = sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M),
+// M = max_s m_s, over the splits that saw keys. Launch: grid (NA, B), block 128.
+extern "C" __global__ void attn_decode_combine(const float* __restrict__ part_acc,
+                                               const float* __restrict__ part_ml, bf16* __restrict__ out,
+                                               int ldo, int NA, int HD, int n_splits) {
+    const int h = blockIdx.x, b = blockIdx.y;
+    const size_t p0 = ((size_t)b * NA + h) * n_splits;
+    float M = -INFINITY;
+    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_ml[(p0 + s) * 2]);
+    float L = 0.f;
+    for (int s = 0; s < n_splits; ++s) {
+        const float ms = part_ml[(p0 + s) * 2];
+        if (ms != -INFINITY) L += part_ml[(p0 + s) * 2 + 1] * expf(ms - M);
+    }
+    const float inv = 1.f / L;
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float a = 0.f;
+        for (int s = 0; s < n_splits; ++s) {
+            const float ms = part_ml[(p0 + s) * 2];
+            if (ms != -INFINITY) a += part_acc[(p0 + s) * HD + d] * expf(ms - M);
+        }
+        out[(size_t)b * ldo + h * HD + d] = to_bf(a * inv);
+    }
+}

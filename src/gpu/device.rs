@@ -1,0 +1,235 @@
+//! The CUDA device: context, the one stream everything runs on, the embedded kernel module, and
+//! the launch and copy primitives that the rest of the engine uses.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::{result, sys, CudaContext, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use super::mem::cu;
+use crate::error::{Result, ZambaError};
+
+/// The kernels of `csrc/`, compiled by build.rs (empty when the crate was built without nvcc).
+static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zamba.fatbin"));
+
+/// Why the GPU cannot be used on this machine, or None when it can. Never panics: it checks for
+/// the driver library before calling into it (cudarc panics when libcuda is missing).
+pub fn unavailable_reason() -> Option<String> {
+    if FATBIN.is_empty() {
+        return Some("this build has no CUDA kernels (nvcc was not found when it was compiled; see README.md)".into());
+    }
+    // SAFETY: is_culib_present only tries to dlopen the driver library.
+    if !unsafe { sys::is_culib_present() } {
+        return Some("no NVIDIA driver (libcuda.so) on this machine".into());
+    }
+    // SAFETY: as above, for cuBLAS.
+    if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+        return Some("no cuBLAS library (libcublas.so) on this machine".into());
+    }
+    if let Err(e) = result::init() {
+        return Some(format!("the CUDA driver failed to initialise: {e:?}"));
+    }
+    match result::device::get_count() {
+        Ok(0) => Some("no CUDA device".into()),
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot count CUDA devices: {e:?}")),
+    }
+}
+
+/// Kernel arguments, packed the way cuLaunchKernel wants them: each value is copied into an
+/// 8-byte-aligned slot of a fixed buffer, and the launch passes a pointer to every slot.
+pub struct Args {
+    store: [u64; 48],
+    offsets: [usize; 24],
+    n: usize,
+    used: usize,
+}
+
+impl Args {
+    pub fn new() -> Self {
+        Args {
+            store: [0; 48],
+            offsets: [0; 24],
+            n: 0,
+            used: 0,
+        }
+    }
+
+    /// Appends one argument (a device address, an int, a float, or a `#[repr(C)]` struct).
+    pub fn push<T: Copy>(&mut self, v: T) -> &mut Self {
+        let words = std::mem::size_of::<T>().div_ceil(8);
+        assert!(
+            self.n < self.offsets.len() && self.used + words <= self.store.len(),
+            "too many kernel arguments"
+        );
+        // SAFETY: the destination slots [used, used + words) lie inside `store` (checked above),
+        // are 8-byte aligned (≥ T's alignment for every argument type the engine passes), and T is
+        // Copy, so a bitwise copy is a valid value.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                &v as *const T as *const u8,
+                self.store.as_mut_ptr().add(self.used) as *mut u8,
+                std::mem::size_of::<T>(),
+            );
+        }
+        self.offsets[self.n] = self.used;
+        self.n += 1;
+        self.used += words;
+        self
+    }
+}
+
+impl Default for Args {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Context, stream and loaded kernels.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    _module: Arc<CudaModule>,
+    functions: HashMap<&'static str, sys::CUfunction>,
+}
+
+/// Every kernel in csrc/, looked up once at start-up.
+const KERNELS: &[&str] = &[
+    "embed_gather",
+    "rmsnorm",
+    "gelu_mul",
+    "conv1d_prefill",
+    "conv_state_update",
+    "conv1d_update",
+    "scan_chunk_local",
+    "scan_chunk_combine",
+    "scan_chunk_output",
+    "ssm_decode",
+    "kv_append",
+    "softmax_causal",
+    "attn_decode",
+    "attn_decode_combine",
+    "argmax_rows",
+    "fill_uniform_bf16",
+    "fill_uniform_f32",
+];
+
+impl Gpu {
+    /// Opens device `ordinal`, creates a stream and loads the embedded kernels.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if let Some(why) = unavailable_reason() {
+            return Err(ZambaError::CudaUnavailable(why));
+        }
+        let ctx = cu("creating the CUDA context", CudaContext::new(ordinal))?;
+        // One stream, no cross-stream events: the engine orders all work itself.
+        // SAFETY: called before any allocation through this context, as cudarc requires.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = cu("creating a stream", ctx.new_stream())?;
+        let module = cu(
+            "loading the kernel fatbin",
+            ctx.load_module(Ptx::from_binary(FATBIN.to_vec())),
+        )?;
+        let mut functions = HashMap::new();
+        for &name in KERNELS {
+            let f = cu(
+                &format!("loading kernel {name}"),
+                module.load_function(name),
+            )?;
+            functions.insert(name, f.cu_function());
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            _module: module,
+            functions,
+        })
+    }
+
+    /// The raw stream handle.
+    pub fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    /// Launches kernel `name` on the engine's stream.
+    pub fn launch(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut Args,
+    ) -> Result<()> {
+        let f = *self.functions.get(name).ok_or_else(|| ZambaError::Cuda {
+            context: format!("launching {name}"),
+            message: "no such kernel in the fatbin".into(),
+        })?;
+        let mut ptrs = [std::ptr::null_mut::<c_void>(); 24];
+        for (p, &off) in ptrs.iter_mut().zip(&args.offsets[..args.n]) {
+            // SAFETY: off < store.len() by construction in Args::push.
+            *p = unsafe { args.store.as_mut_ptr().add(off) } as *mut c_void;
+        }
+        if grid.0 == 0 || grid.1 == 0 || grid.2 == 0 {
+            return Ok(());
+        }
+        // SAFETY: f is a live function of the loaded module; ptrs[..n] point at argument values
+        // that outlive the call (cuLaunchKernel copies them before returning); the kernel's
+        // signature matches the pushed arguments (each wrapper in kernels.rs mirrors one kernel).
+        let r = unsafe {
+            result::launch_kernel(
+                f,
+                grid,
+                (block, 1, 1),
+                0,
+                self.cu_stream(),
+                &mut ptrs[..args.n],
+            )
+        };
+        cu(&format!("launching {name}"), r)
+    }
+
+    /// Waits for all queued work and reports any asynchronous error.
+    pub fn sync(&self) -> Result<()> {
+        cu("synchronising the stream", self.stream.synchronize())
+    }
+
+    /// Copies `src` to device address `dst` (asynchronous: `src` must stay alive and unchanged
+    /// until the stream reaches the copy; callers sync or use pinned buffers they own).
+    pub fn htod<T>(&self, src: &[T], dst: u64) -> Result<()> {
+        // SAFETY: the caller passes a destination sized for src; src is valid for the call.
+        cu("copying to the device", unsafe {
+            result::memcpy_htod_async(dst, src, self.cu_stream())
+        })
+    }
+
+    /// Copies from device address `src` into `dst` and waits for it.
+    pub fn dtoh<T>(&self, src: u64, dst: &mut [T]) -> Result<()> {
+        // SAFETY: the caller passes a source holding at least dst.len() elements; we sync before
+        // dst is used.
+        cu("copying from the device", unsafe {
+            result::memcpy_dtoh_async(dst, src, self.cu_stream())
+        })?;
+        self.sync()
+    }
+
+    /// Device-to-device copy of `bytes` bytes.
+    pub fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller passes ranges inside live allocations.
+        cu("copying on the device", unsafe {
+            result::memcpy_dtod_async(dst, src, bytes, self.cu_stream())
+        })
+    }
+
+    /// Sets `bytes` bytes at `dst` to zero.
+    pub fn zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller passes a range inside a live allocation.
+        cu("memset", unsafe {
+            result::memset_d8_async(dst, 0, bytes, self.cu_stream())
+        })
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        cu("cuMemGetInfo", self.ctx.mem_get_info())
+    }
+}

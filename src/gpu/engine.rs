@@ -1,0 +1,557 @@
+//! The CUDA engine: the static layer graph over preallocated workspaces.
+//!
+//! A forward runs the tokens of all its sequences as one batch of M rows through every layer
+//! (ZAMBA.md section 3): GEMMs on all rows at once, and the sequence-aware kernels (conv, scan,
+//! attention) guided by the batch description. When every sequence brings exactly one token the
+//! decode kernels run (conv update, one-step state update, flash-decoding); otherwise the prefill
+//! kernels run, continuing from each slot's state, so prefill, decode and chunked prefill are one
+//! code path. Nothing is allocated after [`GpuModel::new`].
+
+use super::attention;
+use super::batch::{BatchBuffers, Entry};
+use super::cache::SlotStates;
+use super::device::Gpu;
+use super::gemm::{Blas, Gemm};
+use super::kernels::ScanArgs;
+use super::loader::{check_free, GpuWeights};
+use super::workspace::Workspace;
+use crate::config::ZambaConfig;
+use crate::error::{Result, ZambaError};
+use crate::model::{check_batch, Logits, Model, SeqInput};
+use crate::weights::Checkpoint;
+
+/// Sizes the engine is built for.
+#[derive(Clone, Copy, Debug)]
+pub struct GpuOptions {
+    /// Sequence slots (the largest decode batch).
+    pub slots: usize,
+    /// Context limit per sequence (None: the config's max_position_embeddings).
+    pub max_context: Option<usize>,
+    /// Most tokens in one forward; longer prompts are prefilled in pieces of this size.
+    pub max_tokens: usize,
+    /// CUDA device ordinal.
+    pub device: usize,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            slots: 1,
+            max_context: None,
+            max_tokens: 2048,
+            device: 0,
+        }
+    }
+}
+
+/// Receives (batch index, row) pairs whose logits a round produced.
+type Collect<'a> = dyn FnMut(&mut GpuModel, &[(usize, usize)]) -> Result<()> + 'a;
+
+/// Zamba on one GPU.
+pub struct GpuModel {
+    // Field order is drop order: everything that owns device memory goes before `gpu`.
+    ws: Workspace,
+    batch: BatchBuffers,
+    states: SlotStates,
+    w: GpuWeights,
+    blas: Blas,
+    cfg: ZambaConfig,
+    opts: GpuOptions,
+    ctx: usize,
+    gpu: Gpu,
+}
+
+impl GpuModel {
+    /// Uploads a checkpoint and allocates everything for `opts`.
+    pub fn load(
+        ck: &Checkpoint,
+        opts: GpuOptions,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Self> {
+        let cfg = ck.config().clone();
+        check_supported(&cfg)?;
+        let gpu = Gpu::new(opts.device)?;
+        let w = GpuWeights::load(&gpu, ck, progress)?;
+        Self::assemble(gpu, w, cfg, opts)
+    }
+
+    /// Random weights with `cfg`'s shapes, generated on the device (benchmarks, tests at 7B size).
+    pub fn random(cfg: &ZambaConfig, opts: GpuOptions, seed: u64) -> Result<Self> {
+        check_supported(cfg)?;
+        let gpu = Gpu::new(opts.device)?;
+        let w = GpuWeights::random(&gpu, cfg, seed)?;
+        Self::assemble(gpu, w, cfg.clone(), opts)
+    }
+
+    fn assemble(gpu: Gpu, w: GpuWeights, cfg: ZambaConfig, opts: GpuOptions) -> Result<Self> {
+        let ctx = opts.max_context.unwrap_or(cfg.max_position_embeddings);
+        if opts.slots == 0 || opts.max_tokens == 0 || ctx == 0 {
+            return Err(ZambaError::InvalidInput(
+                "slots, max_tokens and the context must be positive".into(),
+            ));
+        }
+        let need = SlotStates::bytes(&cfg, opts.slots, ctx)
+            + Workspace::bytes(&cfg, opts.max_tokens, opts.slots, ctx);
+        check_free(&gpu, need, "the caches and workspaces")?;
+        let blas = Blas::new(&gpu)?;
+        let states = SlotStates::new(&cfg, opts.slots, ctx)?;
+        let batch = BatchBuffers::new(opts.max_tokens, opts.slots)?;
+        let ws = Workspace::new(&cfg, opts.max_tokens, opts.slots, ctx, batch.max_chunks())?;
+        gpu.sync()?;
+        Ok(GpuModel {
+            ws,
+            batch,
+            states,
+            w,
+            blas,
+            cfg,
+            opts,
+            ctx,
+            gpu,
+        })
+    }
+
+    /// The device, for benchmarks and tests that launch kernels directly.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Bytes of device memory held by the weights.
+    pub fn weight_bytes(&self) -> usize {
+        self.w.bytes
+    }
+
+    /// Runs `entries` (whose tokens are concatenated in `tokens`) through the layers and leaves
+    /// the final hidden states in `ws.h`. Updates every state the entries touch.
+    fn run_layers(&mut self, entries: &[Entry], tokens: &[u32]) -> Result<()> {
+        let m = tokens.len();
+        self.batch.upload(&self.gpu, entries, tokens)?;
+        let decode = entries.iter().all(|e| e.len == 1);
+        let (cfg, ws, w, g) = (&self.cfg, &self.ws, &self.w, &self.gpu);
+        let meta = self.batch.meta;
+        let (h, di, nh, dh) = (
+            cfg.hidden_size,
+            cfg.d_inner(),
+            cfg.n_mamba_heads,
+            cfg.mamba_head_dim(),
+        );
+        let (r, xr, k, eps) = (
+            cfg.mamba_dt_rank,
+            cfg.x_proj_rows(),
+            cfg.mamba_d_conv,
+            cfg.rms_norm_eps,
+        );
+        g.embed_gather(
+            meta.tok_ids,
+            w.embed,
+            ws.e.ptr(),
+            ws.h.ptr(),
+            m,
+            h,
+            cfg.vocab_size,
+        )?;
+        let mut hybrid = 0;
+        for (i, lw) in w.layers.iter().enumerate() {
+            if lw.linear != 0 {
+                self.shared_block(hybrid, entries, decode)?;
+                let (ws, g) = (&self.ws, &self.gpu);
+                self.blas
+                    .gemm(&Gemm::linear(ws.t.ptr(), lw.linear, ws.tl.ptr(), m, h, h))?;
+                g.rmsnorm(
+                    ws.h.ptr(),
+                    ws.tl.ptr(),
+                    0,
+                    0,
+                    lw.ln,
+                    ws.n.ptr(),
+                    m,
+                    h,
+                    0,
+                    eps,
+                )?;
+                hybrid += 1;
+            } else {
+                g.rmsnorm(ws.h.ptr(), 0, 0, 0, lw.ln, ws.n.ptr(), m, h, 0, eps)?;
+            }
+            let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
+            // in_proj (rows permuted at load): xz = [x | z], each DI wide.
+            blas.gemm(&Gemm::linear(
+                ws.n.ptr(),
+                lw.in_proj,
+                ws.xz.ptr(),
+                m,
+                2 * di,
+                h,
+            ))?;
+            let conv = self.states.conv_at(i);
+            if decode {
+                g.conv1d_update(
+                    ws.xz.ptr(),
+                    2 * di,
+                    &meta,
+                    conv,
+                    lw.conv_w,
+                    lw.conv_b,
+                    ws.xc.ptr(),
+                    m,
+                    di,
+                    k,
+                )?;
+            } else {
+                g.conv1d_prefill(
+                    ws.xz.ptr(),
+                    2 * di,
+                    &meta,
+                    conv,
+                    lw.conv_w,
+                    lw.conv_b,
+                    ws.xc.ptr(),
+                    m,
+                    di,
+                    k,
+                )?;
+                g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
+            }
+            // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
+            blas.gemm(&Gemm {
+                ldx: di,
+                ldw: dh,
+                ldy: nh * xr,
+                batch: nh,
+                stride_x: dh,
+                stride_w: xr * dh,
+                stride_y: xr,
+                ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
+            })?;
+            // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
+            blas.gemm(&Gemm {
+                ldx: nh * xr,
+                ldw: r,
+                ldy: di,
+                batch: nh,
+                stride_x: xr,
+                stride_w: dh * r,
+                stride_y: dh,
+                ..Gemm::linear(ws.xdbl.ptr(), lw.dt_proj, ws.dtr.ptr(), m, dh, r)
+            })?;
+            let scan = ScanArgs {
+                u: ws.xc.ptr(),
+                dtr: ws.dtr.ptr(),
+                z: ws.xz.at::<half::bf16>(di),
+                ldz: (2 * di) as i32,
+                _pad: 0,
+                xdbl: ws.xdbl.ptr(),
+                a: lw.a,
+                d: lw.d,
+                dt_bias: lw.dt_bias,
+                di: di as i32,
+                dh: dh as i32,
+                nh: nh as i32,
+                r: r as i32,
+            };
+            let ssm = self.states.ssm_at(i);
+            if decode {
+                g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;
+            } else {
+                let nc = self.batch.n_chunks;
+                if self.batch.multi_chunk {
+                    g.scan_chunk_local(&scan, &meta, ws.h_loc.ptr(), ws.dtsum.ptr(), nc)?;
+                    let n = cfg.mamba_d_state;
+                    g.scan_chunk_combine(
+                        lw.a,
+                        &meta,
+                        ssm,
+                        ws.h_loc.ptr(),
+                        ws.dtsum.ptr(),
+                        ws.s_in.ptr(),
+                        entries.len(),
+                        di,
+                        n,
+                    )?;
+                }
+                g.scan_chunk_output(&scan, &meta, ssm, ws.s_in.ptr(), ws.y.ptr(), nc)?;
+            }
+            // out_proj, added onto the residual stream: h = h + y · out_projᵀ.
+            blas.gemm(&Gemm {
+                beta: 1.0,
+                ..Gemm::linear(ws.y.ptr(), lw.out_proj, ws.h.ptr(), m, h, di)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The shared transformer block for hybrid use `j`: reads ws.h and ws.e, writes ws.t.
+    fn shared_block(&self, j: usize, entries: &[Entry], decode: bool) -> Result<()> {
+        let (cfg, ws, sw, g, blas) = (&self.cfg, &self.ws, self.w.shared, &self.gpu, &self.blas);
+        let m: usize = entries.iter().map(|e| e.len).sum();
+        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
+        let (q, kvw, hd, nkv) = (
+            cfg.q_width(),
+            cfg.kv_width(),
+            cfg.attention_head_dim,
+            cfg.num_key_value_heads,
+        );
+        let ldqkv = q + 2 * kvw;
+        let meta = self.batch.meta;
+        // a = rms(concat(h, e)); qkv = a · [Wq; Wk; Wv]ᵀ.
+        g.rmsnorm(
+            ws.h.ptr(),
+            0,
+            ws.e.ptr(),
+            0,
+            sw.ln_in,
+            ws.a.ptr(),
+            m,
+            h,
+            h,
+            eps,
+        )?;
+        blas.gemm(&Gemm::linear(
+            ws.a.ptr(),
+            sw.qkv,
+            ws.qkv.ptr(),
+            m,
+            ldqkv,
+            2 * h,
+        ))?;
+        let (kc, vc) = (self.states.k_at(j), self.states.v_at(j));
+        g.kv_append(ws.qkv.ptr(), ldqkv, q, &meta, kc, vc, m, nkv, hd, self.ctx)?;
+        let dims = attention::Dims::of(cfg, self.ctx);
+        let scratch = attention::Scratch {
+            scores: ws.scores.ptr(),
+            probs: ws.probs.ptr(),
+            scores_elems: ws.scores_elems,
+            part_acc: ws.part_acc.ptr(),
+            part_ml: ws.part_ml.ptr(),
+            split_len: ws.split_len,
+        };
+        if decode {
+            let max_keys = entries.iter().map(|e| e.past + 1).max().unwrap_or(1);
+            attention::decode(
+                g,
+                &dims,
+                ws.qkv.ptr(),
+                kc,
+                vc,
+                &meta,
+                &scratch,
+                max_keys,
+                m,
+                ws.attn.ptr(),
+            )?;
+        } else {
+            for e in entries {
+                attention::prefill(
+                    g,
+                    blas,
+                    &dims,
+                    ws.qkv.ptr(),
+                    e,
+                    kc,
+                    vc,
+                    &scratch,
+                    ws.attn.ptr(),
+                )?;
+            }
+        }
+        let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
+        blas.gemm(&Gemm::linear(ws.attn.ptr(), sw.o, ws.o.ptr(), m, h, q))?;
+        g.rmsnorm(ws.o.ptr(), 0, 0, 0, sw.ln_ff, ws.mo.ptr(), m, h, 0, eps)?;
+        let f = cfg.intermediate_size;
+        blas.gemm(&Gemm::linear(
+            ws.mo.ptr(),
+            sw.gate_up,
+            ws.gu.ptr(),
+            m,
+            2 * f,
+            h,
+        ))?;
+        g.gelu_mul(ws.gu.ptr(), ws.act.ptr(), m, f)?;
+        blas.gemm(&Gemm::linear(ws.act.ptr(), sw.down, ws.t.ptr(), m, h, f))
+    }
+
+    /// Final norm of the chosen rows, then lm_head into ws.logits (fp32 `[rows, vocab]`).
+    fn logits_rows(&mut self, rows: &[usize]) -> Result<()> {
+        let rows_i32: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        let (cfg, ws, g) = (&self.cfg, &self.ws, &self.gpu);
+        g.htod(&rows_i32, ws.rows.ptr())?;
+        g.rmsnorm(
+            ws.h.ptr(),
+            0,
+            0,
+            ws.rows.ptr(),
+            self.w.final_norm,
+            ws.n.ptr(),
+            rows.len(),
+            cfg.hidden_size,
+            0,
+            cfg.rms_norm_eps,
+        )?;
+        self.blas.gemm(&Gemm {
+            y_f32: true,
+            ..Gemm::linear(
+                ws.n.ptr(),
+                self.w.lm_head,
+                ws.logits.ptr(),
+                rows.len(),
+                cfg.vocab_size,
+                cfg.hidden_size,
+            )
+        })?;
+        // rows_i32 is pageable: the copy above completed before htod returned.
+        g.sync()
+    }
+
+    /// Splits a batch into rounds of at most max_tokens tokens; each round is a list of
+    /// (batch index, token range). A long prompt spans several rounds (chunked prefill).
+    fn rounds(&self, batch: &[SeqInput]) -> Vec<Vec<(usize, std::ops::Range<usize>)>> {
+        let cap = self.opts.max_tokens;
+        let mut rounds = vec![Vec::new()];
+        let mut used = 0;
+        for (bi, s) in batch.iter().enumerate() {
+            let mut from = 0;
+            while from < s.tokens.len() {
+                if used == cap {
+                    rounds.push(Vec::new());
+                    used = 0;
+                }
+                let take = (s.tokens.len() - from).min(cap - used);
+                rounds
+                    .last_mut()
+                    .expect("non-empty")
+                    .push((bi, from..from + take));
+                used += take;
+                from += take;
+            }
+        }
+        rounds
+    }
+
+    /// The shared forward: runs every round, and for each one hands the rows whose logits are
+    /// wanted to `collect(bi, rows)`.
+    fn forward_rounds(
+        &mut self,
+        batch: &[SeqInput],
+        want: Logits,
+        collect: &mut Collect,
+    ) -> Result<()> {
+        check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
+            self.states.len[s]
+        })?;
+        for round in self.rounds(batch) {
+            let mut entries = Vec::with_capacity(round.len());
+            let mut tokens = Vec::with_capacity(self.opts.max_tokens);
+            for (bi, range) in &round {
+                let s = &batch[*bi];
+                entries.push(Entry {
+                    slot: s.slot,
+                    start: tokens.len(),
+                    len: range.len(),
+                    past: self.states.len[s.slot],
+                });
+                tokens.extend_from_slice(&s.tokens[range.clone()]);
+            }
+            self.run_layers(&entries, &tokens)?;
+            for e in &entries {
+                self.states.len[e.slot] += e.len;
+            }
+            // (batch index, row) pairs whose logits this round produces.
+            let mut rows = Vec::new();
+            for ((bi, range), e) in round.iter().zip(&entries) {
+                match want {
+                    Logits::All => rows.extend((0..e.len).map(|j| (*bi, e.start + j))),
+                    Logits::Last if range.end == batch[*bi].tokens.len() => {
+                        rows.push((*bi, e.start + e.len - 1))
+                    }
+                    Logits::Last => {}
+                }
+            }
+            // lm_head in pieces that fit the logits workspace.
+            for piece in rows.chunks(self.ws.logit_rows) {
+                collect(self, piece)?;
+            }
+            self.gpu.sync()?;
+        }
+        Ok(())
+    }
+}
+
+/// Rejects configs the kernels were not built for.
+fn check_supported(cfg: &ZambaConfig) -> Result<()> {
+    let bad = |m: String| Err(ZambaError::UnsupportedConfig(m));
+    if cfg.mamba_d_state != 16 {
+        return bad(format!(
+            "the CUDA scan is built for mamba_d_state 16, not {}",
+            cfg.mamba_d_state
+        ));
+    }
+    if cfg.attention_head_dim % 8 != 0 || cfg.attention_head_dim > 512 {
+        return bad(format!(
+            "the CUDA attention needs head_dim % 8 == 0 and ≤ 512, not {}",
+            cfg.attention_head_dim
+        ));
+    }
+    Ok(())
+}
+
+impl Model for GpuModel {
+    fn config(&self) -> &ZambaConfig {
+        &self.cfg
+    }
+
+    fn num_slots(&self) -> usize {
+        self.opts.slots
+    }
+
+    fn max_context(&self) -> usize {
+        self.ctx
+    }
+
+    fn seq_len(&self, slot: usize) -> usize {
+        self.states.len.get(slot).copied().unwrap_or(0)
+    }
+
+    fn reset(&mut self, slot: usize) -> Result<()> {
+        if slot >= self.opts.slots {
+            return Err(ZambaError::InvalidInput(format!(
+                "slot {slot} does not exist ({} slots)",
+                self.opts.slots
+            )));
+        }
+        self.states.reset(&self.gpu, slot)
+    }
+
+    fn forward(&mut self, batch: &[SeqInput], logits: Logits) -> Result<Vec<Vec<f32>>> {
+        let v = self.cfg.vocab_size;
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
+        self.forward_rounds(batch, logits, &mut |me, piece| {
+            let rows: Vec<usize> = piece.iter().map(|p| p.1).collect();
+            me.logits_rows(&rows)?;
+            let mut host = vec![0f32; rows.len() * v];
+            me.gpu.dtoh(me.ws.logits.ptr(), &mut host)?;
+            for (k, (bi, _)) in piece.iter().enumerate() {
+                out[*bi].extend_from_slice(&host[k * v..(k + 1) * v]);
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn forward_greedy(&mut self, batch: &[SeqInput]) -> Result<Vec<u32>> {
+        let v = self.cfg.vocab_size;
+        let mut out = vec![0u32; batch.len()];
+        self.forward_rounds(batch, Logits::Last, &mut |me, piece| {
+            let rows: Vec<usize> = piece.iter().map(|p| p.1).collect();
+            me.logits_rows(&rows)?;
+            me.gpu
+                .argmax_rows(me.ws.logits.ptr(), me.ws.argmax.ptr(), rows.len(), v)?;
+            let mut ids = vec![0i32; rows.len()];
+            me.gpu.dtoh(me.ws.argmax.ptr(), &mut ids)?;
+            for (k, (bi, _)) in piece.iter().enumerate() {
+                out[*bi] = ids[k] as u32;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,447 @@
+//! Typed launchers for the kernels in `csrc/`, one function per kernel. Each mirrors its kernel's
+//! signature exactly; the math and launch shape of each are documented beside the kernel.
+//! Device addresses are `u64`; sizes are passed as the kernels' `int`s.
+
+#![allow(clippy::too_many_arguments)]
+
+use super::device::{Args, Gpu};
+use crate::error::Result;
+
+/// Mirrors `ScanArgs` in csrc/scan.cu (field order and C layout must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ScanArgs {
+    pub u: u64,
+    pub dtr: u64,
+    pub z: u64,
+    pub ldz: i32,
+    pub _pad: i32,
+    pub xdbl: u64,
+    pub a: u64,
+    pub d: u64,
+    pub dt_bias: u64,
+    pub di: i32,
+    pub dh: i32,
+    pub nh: i32,
+    pub r: i32,
+}
+
+/// Device addresses of the per-forward batch description (see csrc/conv.cu).
+#[derive(Clone, Copy, Debug)]
+pub struct BatchMeta {
+    pub tok_ids: u64,
+    pub tok_entry: u64,
+    pub entry_start: u64,
+    pub entry_len: u64,
+    pub entry_past: u64,
+    pub entry_slot: u64,
+    /// Keys per entry after this step (past + len).
+    pub entry_seq_len: u64,
+    pub entry_chunk0: u64,
+    pub entry_nchunks: u64,
+    pub chunk_entry: u64,
+    pub chunk_t0: u64,
+    pub chunk_len: u64,
+    pub chunk_flags: u64,
+}
+
+fn blocks(n: usize, per: usize) -> u32 {
+    n.div_ceil(per) as u32
+}
+
+fn i(v: usize) -> i32 {
+    v as i32
+}
+
+impl Gpu {
+    pub fn embed_gather(
+        &self,
+        ids: u64,
+        table: u64,
+        e: u64,
+        h: u64,
+        m: usize,
+        hdim: usize,
+        vocab: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(ids)
+            .push(table)
+            .push(e)
+            .push(h)
+            .push(i(hdim))
+            .push(i(vocab));
+        self.launch("embed_gather", (i(m) as u32, 1, 1), 256, &mut a)
+    }
+
+    /// RMSNorm of rows assembled from `x` (+ `add`) and `b` (see csrc/norm.cu); 0 means null.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm(
+        &self,
+        x: u64,
+        add: u64,
+        b: u64,
+        rows: u64,
+        w: u64,
+        out: u64,
+        n_rows: usize,
+        d1: usize,
+        d2: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(x)
+            .push(add)
+            .push(b)
+            .push(rows)
+            .push(w)
+            .push(out)
+            .push(i(d1))
+            .push(i(d2))
+            .push(eps);
+        self.launch("rmsnorm", (n_rows as u32, 1, 1), 256, &mut a)
+    }
+
+    pub fn gelu_mul(&self, gu: u64, out: u64, m: usize, f: usize) -> Result<()> {
+        let mut a = Args::new();
+        a.push(gu).push(out).push(i(m)).push(i(f));
+        self.launch("gelu_mul", (blocks(m * f, 256), 1, 1), 256, &mut a)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv1d_prefill(
+        &self,
+        xs: u64,
+        ldx: usize,
+        meta: &BatchMeta,
+        conv_state: u64,
+        w: u64,
+        bias: u64,
+        out: u64,
+        m: usize,
+        di: usize,
+        k: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(xs)
+            .push(i(ldx))
+            .push(meta.tok_entry)
+            .push(meta.entry_start)
+            .push(meta.entry_slot);
+        a.push(conv_state)
+            .push(w)
+            .push(bias)
+            .push(out)
+            .push(i(di))
+            .push(i(k));
+        self.launch(
+            "conv1d_prefill",
+            (blocks(di, 256), m as u32, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    pub fn conv_state_update(
+        &self,
+        xs: u64,
+        ldx: usize,
+        meta: &BatchMeta,
+        conv_state: u64,
+        n_entries: usize,
+        di: usize,
+        k: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(xs)
+            .push(i(ldx))
+            .push(meta.entry_start)
+            .push(meta.entry_len)
+            .push(meta.entry_slot);
+        a.push(conv_state).push(i(di)).push(i(k));
+        self.launch(
+            "conv_state_update",
+            (blocks(di, 256), n_entries as u32, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv1d_update(
+        &self,
+        xs: u64,
+        ldx: usize,
+        meta: &BatchMeta,
+        conv_state: u64,
+        w: u64,
+        bias: u64,
+        out: u64,
+        b: usize,
+        di: usize,
+        k: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(xs)
+            .push(i(ldx))
+            .push(meta.entry_slot)
+            .push(conv_state)
+            .push(w)
+            .push(bias)
+            .push(out);
+        a.push(i(di)).push(i(k));
+        self.launch("conv1d_update", (blocks(di, 256), b as u32, 1), 256, &mut a)
+    }
+
+    pub fn scan_chunk_local(
+        &self,
+        s: &ScanArgs,
+        meta: &BatchMeta,
+        h_loc: u64,
+        dtsum: u64,
+        n_chunks: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(*s)
+            .push(meta.chunk_t0)
+            .push(meta.chunk_len)
+            .push(meta.chunk_flags)
+            .push(h_loc)
+            .push(dtsum);
+        self.launch(
+            "scan_chunk_local",
+            (blocks(s.di as usize, 128), n_chunks as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_chunk_combine(
+        &self,
+        a_f32: u64,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        h_loc: u64,
+        dtsum: u64,
+        s_in: u64,
+        n_entries: usize,
+        di: usize,
+        n: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(a_f32)
+            .push(meta.entry_slot)
+            .push(meta.entry_chunk0)
+            .push(meta.entry_nchunks);
+        a.push(ssm_state)
+            .push(h_loc)
+            .push(dtsum)
+            .push(s_in)
+            .push(i(di));
+        self.launch(
+            "scan_chunk_combine",
+            (blocks(di * n, 256), n_entries as u32, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    pub fn scan_chunk_output(
+        &self,
+        s: &ScanArgs,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        s_in: u64,
+        y: u64,
+        n_chunks: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(*s)
+            .push(meta.chunk_entry)
+            .push(meta.chunk_t0)
+            .push(meta.chunk_len)
+            .push(meta.chunk_flags);
+        a.push(meta.entry_slot).push(ssm_state).push(s_in).push(y);
+        self.launch(
+            "scan_chunk_output",
+            (blocks(s.di as usize, 128), n_chunks as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    pub fn ssm_decode(
+        &self,
+        s: &ScanArgs,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        y: u64,
+        b: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(*s).push(meta.entry_slot).push(ssm_state).push(y);
+        self.launch(
+            "ssm_decode",
+            (blocks(s.di as usize, 128), b as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_append(
+        &self,
+        qkv: u64,
+        ldqkv: usize,
+        q_width: usize,
+        meta: &BatchMeta,
+        kc: u64,
+        vc: u64,
+        m: usize,
+        nkv: usize,
+        hd: usize,
+        ctx: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(qkv)
+            .push(i(ldqkv))
+            .push(i(q_width))
+            .push(meta.tok_entry)
+            .push(meta.entry_start);
+        a.push(meta.entry_past)
+            .push(meta.entry_slot)
+            .push(kc)
+            .push(vc)
+            .push(i(nkv))
+            .push(i(hd))
+            .push(i(ctx));
+        self.launch(
+            "kv_append",
+            (blocks(nkv * hd, 256), m as u32, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    pub fn softmax_causal(
+        &self,
+        s: u64,
+        p: u64,
+        rows: usize,
+        tq: usize,
+        nk: usize,
+        past_q0: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(s).push(p).push(i(tq)).push(i(nk)).push(i(past_q0));
+        self.launch("softmax_causal", (rows as u32, 1, 1), 256, &mut a)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_decode(
+        &self,
+        qkv: u64,
+        ldqkv: usize,
+        kc: u64,
+        vc: u64,
+        meta: &BatchMeta,
+        part_acc: u64,
+        part_ml: u64,
+        dims: (usize, usize, usize, usize),
+        split_len: usize,
+        n_splits: usize,
+        b: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (na, nkv, hd, ctx) = dims;
+        let mut a = Args::new();
+        a.push(qkv)
+            .push(i(ldqkv))
+            .push(kc)
+            .push(vc)
+            .push(meta.entry_slot)
+            .push(meta.entry_seq_len);
+        a.push(part_acc)
+            .push(part_ml)
+            .push(i(na))
+            .push(i(nkv))
+            .push(i(hd))
+            .push(i(ctx))
+            .push(i(split_len))
+            .push(scale);
+        self.launch(
+            "attn_decode",
+            (na as u32, n_splits as u32, b as u32),
+            128,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_decode_combine(
+        &self,
+        part_acc: u64,
+        part_ml: u64,
+        out: u64,
+        ldo: usize,
+        na: usize,
+        hd: usize,
+        n_splits: usize,
+        b: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(part_acc)
+            .push(part_ml)
+            .push(out)
+            .push(i(ldo))
+            .push(i(na))
+            .push(i(hd))
+            .push(i(n_splits));
+        self.launch("attn_decode_combine", (na as u32, b as u32, 1), 128, &mut a)
+    }
+
+    pub fn argmax_rows(&self, x: u64, out: u64, rows: usize, v: usize) -> Result<()> {
+        let mut a = Args::new();
+        a.push(x).push(out).push(i(v));
+        self.launch("argmax_rows", (rows as u32, 1, 1), 256, &mut a)
+    }
+
+    /// Fills `n` bf16 values with `offset + scale·U(-1, 1)` from a hash of (seed, index).
+    pub fn fill_uniform_bf16(
+        &self,
+        x: u64,
+        n: usize,
+        seed: u64,
+        offset: f32,
+        scale: f32,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(x).push(n).push(seed).push(offset).push(scale);
+        self.launch(
+            "fill_uniform_bf16",
+            (blocks(n, 256).min(65535 * 4), 1, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    /// The fp32 version of [`Gpu::fill_uniform_bf16`].
+    pub fn fill_uniform_f32(
+        &self,
+        x: u64,
+        n: usize,
+        seed: u64,
+        offset: f32,
+        scale: f32,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(x).push(n).push(seed).push(offset).push(scale);
+        self.launch(
+            "fill_uniform_f32",
+            (blocks(n, 256).min(65535 * 4), 1, 1),
+            256,
+            &mut a,
+        )
+    }
+}

@@ -1,0 +1,173 @@
+//! Every activation buffer of a forward, allocated once for the largest batch the engine takes
+//! (max_tokens rows, `slots` sequences, contexts up to `ctx`).
+
+use super::mem::DeviceBuf;
+use crate::config::ZambaConfig;
+use crate::error::Result;
+
+/// Keys per flash-decoding split.
+pub const SPLIT_LEN: usize = 128;
+
+/// Budget for the prefill attention scores (fp32) and probabilities (bf16).
+const SCORES_BYTES: usize = 96 << 20;
+
+/// Budget for one lm_head piece (fp32 logits).
+const LOGITS_BYTES: usize = 128 << 20;
+
+pub struct Workspace {
+    /// Embeddings of the current tokens, `[M, H]` bf16.
+    pub e: DeviceBuf,
+    /// The residual stream, `[M, H]` bf16.
+    pub h: DeviceBuf,
+    /// Normed mixer input (also the final norm's output), `[M, H]`.
+    pub n: DeviceBuf,
+    /// in_proj output `[M, 2·DI]`: x then z.
+    pub xz: DeviceBuf,
+    /// Conv output (the scan's u), `[M, DI]`.
+    pub xc: DeviceBuf,
+    /// x_proj output `[M, NH, R + 2N]`.
+    pub xdbl: DeviceBuf,
+    /// dt_proj output `[M, DI]`.
+    pub dtr: DeviceBuf,
+    /// Scan output `[M, DI]`.
+    pub y: DeviceBuf,
+    /// Scan chunk states `[chunks, DI, N]` fp32 (local and initial) and chunk dt sums `[chunks, DI]`.
+    pub h_loc: DeviceBuf,
+    pub s_in: DeviceBuf,
+    pub dtsum: DeviceBuf,
+    /// Shared block: normed concat `[M, 2H]`, qkv `[M, Q + 2KV]`, attention output `[M, Q]`,
+    /// o_proj output, its norm, gate|up `[M, 2F]`, the GELU product `[M, F]`, the block output,
+    /// and the per-layer linear's output (all bf16).
+    pub a: DeviceBuf,
+    pub qkv: DeviceBuf,
+    pub attn: DeviceBuf,
+    pub o: DeviceBuf,
+    pub mo: DeviceBuf,
+    pub gu: DeviceBuf,
+    pub act: DeviceBuf,
+    pub t: DeviceBuf,
+    pub tl: DeviceBuf,
+    /// Prefill attention scores (fp32) and probabilities (bf16), `scores_elems` each.
+    pub scores: DeviceBuf,
+    pub probs: DeviceBuf,
+    pub scores_elems: usize,
+    /// Flash-decoding partials: `[slots, NA, splits, HD]` and `[slots, NA, splits, 2]`.
+    pub part_acc: DeviceBuf,
+    pub part_ml: DeviceBuf,
+    pub split_len: usize,
+    /// Rows whose logits are wanted (i32), the logits (`[logit_rows, V]` fp32), and argmax (i32).
+    pub rows: DeviceBuf,
+    pub logits: DeviceBuf,
+    pub logit_rows: usize,
+    pub argmax: DeviceBuf,
+}
+
+/// (name, bytes) of every buffer, in one place so that `bytes` and `new` agree.
+fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -> Vec<usize> {
+    let (h, di, n) = (cfg.hidden_size, cfg.d_inner(), cfg.mamba_d_state);
+    let xd = cfg.n_mamba_heads * cfg.x_proj_rows();
+    let (q, kv, f, na, hd) = (
+        cfg.q_width(),
+        cfg.kv_width(),
+        cfg.intermediate_size,
+        cfg.num_attention_heads,
+        cfg.attention_head_dim,
+    );
+    let splits = ctx.div_ceil(SPLIT_LEN);
+    let scores = scores_elems(cfg, ctx);
+    let rows = logit_rows(cfg, m.max(slots));
+    let bf = 2;
+    vec![
+        m * h * bf,                   // e
+        m * h * bf,                   // h
+        m.max(slots) * h * bf,        // n
+        m * 2 * di * bf,              // xz
+        m * di * bf,                  // xc
+        m * xd * bf,                  // xdbl
+        m * di * bf,                  // dtr
+        m * di * bf,                  // y
+        chunks * di * n * 4,          // h_loc
+        chunks * di * n * 4,          // s_in
+        chunks * di * 4,              // dtsum
+        m * 2 * h * bf,               // a
+        m * (q + 2 * kv) * bf,        // qkv
+        m * q * bf,                   // attn
+        m * h * bf,                   // o
+        m * h * bf,                   // mo
+        m * 2 * f * bf,               // gu
+        m * f * bf,                   // act
+        m * h * bf,                   // t
+        m * h * bf,                   // tl
+        scores * 4,                   // scores
+        scores * bf,                  // probs
+        slots * na * splits * hd * 4, // part_acc
+        slots * na * splits * 2 * 4,  // part_ml
+        m.max(slots) * 4,             // rows
+        rows * cfg.vocab_size * 4,    // logits
+        m.max(slots) * 4,             // argmax
+    ]
+}
+
+/// Elements of the prefill score buffer: at least one query row against a full context, for all
+/// heads, else the budget.
+fn scores_elems(cfg: &ZambaConfig, ctx: usize) -> usize {
+    let row = cfg.num_attention_heads * ctx;
+    (SCORES_BYTES / 4).max(row).div_ceil(row) * row
+}
+
+/// Rows per lm_head piece.
+fn logit_rows(cfg: &ZambaConfig, want: usize) -> usize {
+    (LOGITS_BYTES / (cfg.vocab_size * 4)).clamp(1, want.max(1))
+}
+
+impl Workspace {
+    /// Device bytes for a workspace of `m` rows, `slots` sequences and contexts up to `ctx`.
+    pub fn bytes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> usize {
+        let chunks = m.div_ceil(super::batch::SCAN_CHUNK) + slots;
+        sizes(cfg, m, slots, ctx, chunks).iter().sum()
+    }
+
+    pub fn new(
+        cfg: &ZambaConfig,
+        m: usize,
+        slots: usize,
+        ctx: usize,
+        chunks: usize,
+    ) -> Result<Self> {
+        let s = sizes(cfg, m, slots, ctx, chunks);
+        let mut it = s.iter();
+        let mut next = |what: &str| DeviceBuf::new(*it.next().expect("one size per buffer"), what);
+        Ok(Workspace {
+            e: next("e")?,
+            h: next("h")?,
+            n: next("n")?,
+            xz: next("xz")?,
+            xc: next("xc")?,
+            xdbl: next("xdbl")?,
+            dtr: next("dtr")?,
+            y: next("y")?,
+            h_loc: next("h_loc")?,
+            s_in: next("s_in")?,
+            dtsum: next("dtsum")?,
+            a: next("a")?,
+            qkv: next("qkv")?,
+            attn: next("attn")?,
+            o: next("o")?,
+            mo: next("mo")?,
+            gu: next("gu")?,
+            act: next("act")?,
+            t: next("t")?,
+            tl: next("tl")?,
+            scores: next("scores")?,
+            probs: next("probs")?,
+            scores_elems: scores_elems(cfg, ctx),
+            part_acc: next("part_acc")?,
+            part_ml: next("part_ml")?,
+            split_len: SPLIT_LEN,
+            rows: next("rows")?,
+            logits: next("logits")?,
+            logit_rows: logit_rows(cfg, m.max(slots)),
+            argmax: next("argmax")?,
+        })
+    }
+}
