@@ -1,11 +1,12 @@
 // Embedding gather and RMSNorm.
 #include "common.cuh"
 
-// Embedding gather: e[m, :] = h[m, :] = table[ids[m], :].
+// Embedding gather: e[m, :] = table[ids[m], :] (bf16) and the residual stream h[m, :] = the same
+// values in fp32.
 // Launch: grid (M), block 256. Token ids were range-checked on the host; an id outside [0, V) is
 // clamped to 0 so that a bad id can never read outside the table.
 extern "C" __global__ void embed_gather(const int* __restrict__ ids, const bf16* __restrict__ table,
-                                        bf16* __restrict__ e, bf16* __restrict__ h, int H, int V) {
+                                        bf16* __restrict__ e, float* __restrict__ h, int H, int V) {
     const int m = blockIdx.x;
     int id = ids[m];
     if (id < 0 || id >= V) id = 0;
@@ -13,40 +14,47 @@ extern "C" __global__ void embed_gather(const int* __restrict__ ids, const bf16*
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
         bf16 v = src[i];
         e[(size_t)m * H + i] = v;
-        h[(size_t)m * H + i] = v;
+        h[(size_t)m * H + i] = to_f(v);
     }
 }
 
 // RMSNorm with HF's rounding, over a row that may be assembled from two sources:
-//   x[i]  = i < D1 ? a[src, i] (+ add[src, i], rounded to bf16 like HF's bf16 residual add)
-//                  : b[src, i - D1]                         (the concat(h, e) of the shared block)
+//   x[i]  = i < D1 ? a[src, i] (+ add[src, i])                (a is fp32 when a_f32, else bf16)
+//                  : b[src, i - D1]                           (the concat(h, e) of the shared block)
 //   r     = rsqrt(mean(x^2) + eps)                            (fp32)
 //   out[row, i] = bf16( w[i] * bf16(x[i] * r) )
 // with src = rows ? rows[row] : row (rows picks e.g. each sequence's last token for the logits).
-// `add` and `b` may be null (then D2 must be 0 for b). Launch: grid (n_rows), block 256.
-extern "C" __global__ void rmsnorm(const bf16* __restrict__ a, const bf16* __restrict__ add,
+// With a bf16 `a`, a + add is rounded to bf16 first, like HF's bf16 residual add; with the
+// engine's fp32 residual stream it stays fp32. `add`, `b` and `rows` may be null.
+// Launch: grid (n_rows), block 256.
+__device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16* add, const bf16* b,
+                                            size_t src, int D1, int D2, int i) {
+    if (i >= D1) return to_f(b[src * D2 + (i - D1)]);
+    const size_t k = src * D1 + i;
+    if (a_f32) {
+        float x = static_cast<const float*>(a)[k];
+        return add ? x + to_f(add[k]) : x;
+    }
+    float x = to_f(static_cast<const bf16*>(a)[k]);
+    return add ? round_bf(x + to_f(add[k])) : x;
+}
+
+extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
                                    const bf16* __restrict__ b, const int* __restrict__ rows,
                                    const bf16* __restrict__ w, bf16* __restrict__ out,
                                    int D1, int D2, float eps) {
     const int row = blockIdx.x;
-    const int src = rows ? rows[row] : row;
+    const size_t src = rows ? rows[row] : row;
     const int D = D1 + D2;
-    const bf16* ar = a + (size_t)src * D1;
-    const bf16* addr = add ? add + (size_t)src * D1 : nullptr;
-    const bf16* br = b ? b + (size_t)src * D2 : nullptr;
     float ss = 0.f;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float x;
-        if (i < D1) x = addr ? round_bf(to_f(ar[i]) + to_f(addr[i])) : to_f(ar[i]);
-        else x = to_f(br[i - D1]);
+        const float x = norm_input(a, a_f32, add, b, src, D1, D2, i);
         ss += x * x;
     }
     const float r = rsqrtf(block_sum(ss) / (float)D + eps);
     bf16* o = out + (size_t)row * D;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
-        float x;
-        if (i < D1) x = addr ? round_bf(to_f(ar[i]) + to_f(addr[i])) : to_f(ar[i]);
-        else x = to_f(br[i - D1]);
+        const float x = norm_input(a, a_f32, add, b, src, D1, D2, i);
         o[i] = to_bf(to_f(w[i]) * round_bf(x * r));
     }
 }

@@ -95,17 +95,20 @@ fn greedy_decoding_reproduces_hf_generated_ids() {
 }
 
 /// Prefill of `split` tokens then one-token decode steps must give the logits of one forward
-/// over the whole sequence; and chunked prefill (max_tokens small) the same again.
+/// over the whole sequence; and chunked prefill (max_tokens small) the same again. The paths
+/// differ only in bf16 rounding (different GEMM shapes), so the bound is bf16 noise: `mean_tol`
+/// on the mean abs difference, and 95% argmax agreement.
 fn cache_consistency(
     m: &mut GpuModel,
     chunked: &mut GpuModel,
     row: &[u32],
     split: usize,
-    tol_max: f32,
+    mean_tol: f32,
 ) {
     let v = m.config().vocab_size;
     m.reset(0).unwrap();
     let full = m.forward(&one(0, row), Logits::All).unwrap().remove(0);
+    let scale = full.iter().map(|x| x.abs()).sum::<f32>() / full.len() as f32;
     m.reset(0).unwrap();
     let mut stepped = m
         .forward(&one(0, &row[..split]), Logits::All)
@@ -119,10 +122,13 @@ fn cache_consistency(
         );
     }
     let (max, mean, agree) = compare(&stepped, &full, v);
-    eprintln!("prefill {split} + decode vs one prefill of {}: max {max:.4}, mean {mean:.5}, argmax {agree}", row.len());
+    eprintln!(
+        "prefill {split} + decode vs one prefill of {}: max {max:.4}, mean {mean:.5}, argmax {agree} (mean |logit| {scale:.3})",
+        row.len()
+    );
     assert!(
-        max <= tol_max && agree >= 0.95,
-        "decode after prefill differs: max {max}, argmax {agree}"
+        mean <= mean_tol && agree >= 0.95,
+        "decode after prefill differs: mean {mean}, argmax {agree}"
     );
     chunked.reset(0).unwrap();
     let ch = chunked
@@ -132,8 +138,8 @@ fn cache_consistency(
     let (max, mean, agree) = compare(&ch, &full, v);
     eprintln!("chunked prefill vs one prefill: max {max:.4}, mean {mean:.5}, argmax {agree}");
     assert!(
-        max <= tol_max && agree >= 0.95,
-        "chunked prefill differs: max {max}, argmax {agree}"
+        mean <= mean_tol && agree >= 0.95,
+        "chunked prefill differs: mean {mean}, argmax {agree}"
     );
 }
 
@@ -148,7 +154,8 @@ fn decode_after_prefill_and_chunked_prefill_match_one_prefill() {
         max_tokens: 5,
         ..Default::default()
     });
-    cache_consistency(&mut m, &mut chunked, row, 19, 0.25);
+    // HF's own bf16 noise on this model is 0.076 mean abs (fixtures/README.md).
+    cache_consistency(&mut m, &mut chunked, row, 19, 0.076);
 }
 
 #[test]
@@ -270,5 +277,12 @@ fn zamba_7b_shape_random_weights_are_consistent() {
     )
     .unwrap();
     let row: Vec<u32> = (0..340u32).map(|i| (i * 7919 + 13) % 32000).collect();
-    cache_consistency(&mut m, &mut chunked, &row, 333, 0.5);
+    // HF's bf16 noise at the 7B shape with these statistics is about 3% of the mean |logit|
+    // (scripts/make_random_checkpoint.py); allow that.
+    let probe = m
+        .forward(&one(1, &row[..8]), Logits::All)
+        .unwrap()
+        .remove(0);
+    let scale = probe.iter().map(|x| x.abs()).sum::<f32>() / probe.len() as f32;
+    cache_consistency(&mut m, &mut chunked, &row, 333, 0.03 * scale);
 }

@@ -5,7 +5,11 @@
 //! attention) guided by the batch description. When every sequence brings exactly one token the
 //! decode kernels run (conv update, one-step state update, flash-decoding); otherwise the prefill
 //! kernels run, continuing from each slot's state, so prefill, decode and chunked prefill are one
-//! code path. Nothing is allocated after [`GpuModel::new`].
+//! code path. Nothing is allocated after [`GpuModel::load`].
+//!
+//! Numerics: bf16 weights and activations with fp32 accumulation, like HF's bf16 model, except
+//! that the residual stream is kept in fp32 (each layer's output is added to it unrounded), the
+//! SSM state is fp32, and the scan, softmax and norms compute in fp32.
 
 use super::attention;
 use super::batch::{BatchBuffers, Entry};
@@ -159,6 +163,7 @@ impl GpuModel {
                     .gemm(&Gemm::linear(ws.t.ptr(), lw.linear, ws.tl.ptr(), m, h, h))?;
                 g.rmsnorm(
                     ws.h.ptr(),
+                    true,
                     ws.tl.ptr(),
                     0,
                     0,
@@ -171,7 +176,7 @@ impl GpuModel {
                 )?;
                 hybrid += 1;
             } else {
-                g.rmsnorm(ws.h.ptr(), 0, 0, 0, lw.ln, ws.n.ptr(), m, h, 0, eps)?;
+                g.rmsnorm(ws.h.ptr(), true, 0, 0, 0, lw.ln, ws.n.ptr(), m, h, 0, eps)?;
             }
             let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
             // in_proj (rows permuted at load): xz = [x | z], each DI wide.
@@ -271,9 +276,10 @@ impl GpuModel {
                 }
                 g.scan_chunk_output(&scan, &meta, ssm, ws.s_in.ptr(), ws.y.ptr(), nc)?;
             }
-            // out_proj, added onto the residual stream: h = h + y · out_projᵀ.
+            // out_proj, added onto the fp32 residual stream: h = h + y · out_projᵀ.
             blas.gemm(&Gemm {
                 beta: 1.0,
+                y_f32: true,
                 ..Gemm::linear(ws.y.ptr(), lw.out_proj, ws.h.ptr(), m, h, di)
             })?;
         }
@@ -296,6 +302,7 @@ impl GpuModel {
         // a = rms(concat(h, e)); qkv = a · [Wq; Wk; Wv]ᵀ.
         g.rmsnorm(
             ws.h.ptr(),
+            true,
             0,
             ws.e.ptr(),
             0,
@@ -356,7 +363,19 @@ impl GpuModel {
         }
         let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
         blas.gemm(&Gemm::linear(ws.attn.ptr(), sw.o, ws.o.ptr(), m, h, q))?;
-        g.rmsnorm(ws.o.ptr(), 0, 0, 0, sw.ln_ff, ws.mo.ptr(), m, h, 0, eps)?;
+        g.rmsnorm(
+            ws.o.ptr(),
+            false,
+            0,
+            0,
+            0,
+            sw.ln_ff,
+            ws.mo.ptr(),
+            m,
+            h,
+            0,
+            eps,
+        )?;
         let f = cfg.intermediate_size;
         blas.gemm(&Gemm::linear(
             ws.mo.ptr(),
@@ -377,6 +396,7 @@ impl GpuModel {
         g.htod(&rows_i32, ws.rows.ptr())?;
         g.rmsnorm(
             ws.h.ptr(),
+            true,
             0,
             0,
             ws.rows.ptr(),

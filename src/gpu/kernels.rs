@@ -75,10 +75,12 @@ impl Gpu {
     }
 
     /// RMSNorm of rows assembled from `x` (+ `add`) and `b` (see csrc/norm.cu); 0 means null.
+    /// `x_f32`: x is fp32 (the residual stream), else bf16.
     #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm(
         &self,
         x: u64,
+        x_f32: bool,
         add: u64,
         b: u64,
         rows: u64,
@@ -91,6 +93,7 @@ impl Gpu {
     ) -> Result<()> {
         let mut a = Args::new();
         a.push(x)
+            .push(i32::from(x_f32))
             .push(add)
             .push(b)
             .push(rows)

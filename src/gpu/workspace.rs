@@ -17,7 +17,7 @@ const LOGITS_BYTES: usize = 128 << 20;
 pub struct Workspace {
     /// Embeddings of the current tokens, `[M, H]` bf16.
     pub e: DeviceBuf,
-    /// The residual stream, `[M, H]` bf16.
+    /// The residual stream, `[M, H]` fp32.
     pub h: DeviceBuf,
     /// Normed mixer input (also the final norm's output), `[M, H]`.
     pub n: DeviceBuf,

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds the release test binaries and zamba-run here, and copies them (stripped) into .gpu/bin,
+# the folder the `device` tool carries to the GPU machine (which has no Rust).
+# Usage: scripts/build_gpu_bundle.sh   (then carry ".gpu" and run scripts/gpu_check.sh there)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .gpu/bin
+rm -f .gpu/bin/*
+cargo build --release --bin zamba-run
+cp target/release/zamba-run .gpu/bin/
+# `cargo test --no-run` prints the path of every test executable.
+cargo test --release --no-run --message-format=json 2>/dev/null \
+  | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
+        name = m["target"]["name"]
+        shutil.copy(m["executable"], ".gpu/bin/test-" + name)
+'
+strip .gpu/bin/* 2>/dev/null || true
+ls -la .gpu/bin
+du -sh .gpu

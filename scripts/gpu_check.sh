@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repository root, after scripts/build_gpu_bundle.sh has put
+# the binaries in .gpu/bin: every test binary (kernels at the 7B sizes, the whole model on the
+# golden fixture), then a short benchmark at the 7B shape with random weights.
+# With `hf`: makes a random checkpoint with Zamba-7B-v1's exact config, runs HF transformers on it
+# (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|hf|all]...
+set -uo pipefail
+what=" ${*:-all} "
+has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
+export PYTHONUNBUFFERED=1
+out=${OUT:-gpu-out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
+status=0
+if has tests; then
+  for t in .gpu/bin/test-*; do
+    echo "=== $t"
+    "$t" --test-threads=1 2>&1 | tee -a "$out/tests.log" | grep -E "test |result|panicked|max abs|agreement|vs" || true
+    [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  done
+fi
+if has bench; then
+  for args in "-p 512 -n 64 -b 1" "-p 2048 -n 16 -b 1"; do
+    echo "=== zamba-run bench --random $args"
+    .gpu/bin/zamba-run bench --random $args 2>&1 | tee -a "$out/bench.log"
+  done
+fi
+if has hf; then
+  ck=/tmp/zamba-rand-7b
+  ref=/tmp/hf-ref.safetensors
+  ours=/tmp/ours.safetensors
+  echo "=== random Zamba-7B-v1 checkpoint"
+  python3 scripts/make_random_checkpoint.py --out $ck --branch-scale 0.3 --overwrite \
+      --tokenizer assets/zamba-7b-v1/tokenizer.json 2>&1 | tail -5 | tee -a "$out/hf.log"
+  echo "=== HF transformers fp32 and bf16"
+  python3 scripts/hf_reference.py --model $ck --out $ref --prompt-len 300 --new 32 2>&1 | tail -12 | tee -a "$out/hf.log"
+  echo "=== zamba-run logits (prefill 300, then 32 decode steps)"
+  .gpu/bin/zamba-run logits --device cuda --model $ck --input $ref --key generated_ids --out $ours --prefill 300 2>&1 | tee -a "$out/hf.log"
+  python3 scripts/compare_logits.py $ref $ours --prompt-len 300 --json "$out/compare.json" 2>&1 | tee -a "$out/hf.log"
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  echo "=== zamba-run bench on the checkpoint (load from the page cache)"
+  .gpu/bin/zamba-run bench --model $ck -p 512 -n 32 --reps 1 2>&1 | tee -a "$out/hf.log"
+fi
+exit $status
