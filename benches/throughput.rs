@@ -1,1 +1,128 @@
-fn main() {}
+//! `cargo bench`: decode and prefill throughput at the Zamba-7B shape on the GPU, plus the
+//! bandwidth of its largest decode GEMV, through criterion.
+//!
+//! With `ZAMBA_MODEL=DIR` it loads that checkpoint; otherwise it makes random weights with
+//! Zamba-7B-v1's shapes on the GPU. Without a GPU it says so and measures nothing.
+//! Criterion reports decode as bytes of weights read per second (compare with the copy bandwidth
+//! that `zamba-run bench` measures) and prefill as tokens per second.
+
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use zamba::bench::decode_weight_bytes;
+use zamba::gpu::gemm::{Blas, Gemm};
+use zamba::gpu::mem::DeviceBuf;
+use zamba::gpu::{GpuModel, GpuOptions};
+use zamba::model::{Model, SeqInput};
+use zamba::weights::Checkpoint;
+use zamba::ZambaConfig;
+
+const PROMPT: usize = 512;
+
+fn load() -> GpuModel {
+    let opts = GpuOptions {
+        slots: 1,
+        max_context: Some(4096),
+        max_tokens: 2048,
+        device: 0,
+    };
+    match std::env::var("ZAMBA_MODEL") {
+        Ok(dir) => {
+            let ck = Checkpoint::open(std::path::Path::new(&dir)).expect("open ZAMBA_MODEL");
+            GpuModel::load(&ck, opts, &mut |_, _| {}).expect("load")
+        }
+        Err(_) => {
+            let cfg = ZambaConfig::from_json_str(r#"{"model_type": "zamba"}"#).expect("config");
+            GpuModel::random(&cfg, opts, 1).expect("random model")
+        }
+    }
+}
+
+fn prompt(n: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + 3) % 31997 + 3) as u32).collect()
+}
+
+fn model_benches(c: &mut Criterion) {
+    if let Some(why) = zamba::gpu::unavailable_reason() {
+        eprintln!("SKIPPED (no GPU): {why}");
+        return;
+    }
+    let mut m = load();
+    let cfg = m.config().clone();
+
+    let mut g = c.benchmark_group("decode_batch1");
+    g.throughput(Throughput::Bytes(decode_weight_bytes(&cfg) as u64));
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    g.bench_function("ctx512", |b| {
+        b.iter_custom(|iters| {
+            m.reset(0).unwrap();
+            let mut next = m
+                .forward_greedy(&[SeqInput {
+                    slot: 0,
+                    tokens: &prompt(PROMPT),
+                }])
+                .unwrap()[0];
+            let t = Instant::now();
+            for _ in 0..iters.min(3000) {
+                next = m
+                    .forward_greedy(&[SeqInput {
+                        slot: 0,
+                        tokens: &[next],
+                    }])
+                    .unwrap()[0];
+            }
+            t.elapsed() * (iters as u32) / (iters.min(3000) as u32)
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("prefill");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    for len in [512usize, 2048] {
+        let p = prompt(len);
+        g.throughput(Throughput::Elements(len as u64));
+        g.bench_function(format!("pp{len}"), |b| {
+            b.iter(|| {
+                m.reset(0).unwrap();
+                m.forward_greedy(&[SeqInput { slot: 0, tokens: &p }]).unwrap()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn kernel_benches(c: &mut Criterion) {
+    if zamba::gpu::unavailable_reason().is_some() {
+        return;
+    }
+    let gpu = zamba::gpu::Gpu::new(0).unwrap();
+    let blas = Blas::new(&gpu).unwrap();
+    // The in_proj GEMV of one decode step: [1, 3712] x [14848, 3712]^T, 110 MB of weights. Eight
+    // weight copies rotate so that L2 never holds the matrix.
+    let (n, k) = (14848, 3712);
+    let ws: Vec<DeviceBuf> = (0..8)
+        .map(|_| DeviceBuf::new(n * k * 2, "bench").unwrap())
+        .collect();
+    for (i, w) in ws.iter().enumerate() {
+        gpu.fill_uniform_bf16(w.ptr(), n * k, i as u64, 0.0, 0.02)
+            .unwrap();
+    }
+    let x = DeviceBuf::new(k * 2, "bench").unwrap();
+    let y = DeviceBuf::new(n * 2, "bench").unwrap();
+    gpu.fill_uniform_bf16(x.ptr(), k, 99, 0.0, 1.0).unwrap();
+    let mut g = c.benchmark_group("kernels");
+    g.throughput(Throughput::Bytes((n * k * 2) as u64));
+    let mut i = 0;
+    g.bench_function("in_proj_gemv_cublas", |b| {
+        b.iter(|| {
+            i = (i + 1) % ws.len();
+            blas.gemm(&Gemm::linear(x.ptr(), ws[i].ptr(), y.ptr(), 1, n, k))
+                .unwrap();
+            gpu.sync().unwrap();
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, model_benches, kernel_benches);
+criterion_main!(benches);

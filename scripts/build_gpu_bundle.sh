@@ -18,6 +18,15 @@ for line in sys.stdin:
         name = m["target"]["name"]
         shutil.copy(m["executable"], ".gpu/bin/test-" + name)
 '
+# The criterion benchmark binary (run it there with --bench).
+cargo bench --no-run --message-format=json 2>/dev/null \
+  | python3 -c '
+import json, sys, shutil
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        shutil.copy(m["executable"], ".gpu/bin/bench-" + m["target"]["name"])
+'
 strip .gpu/bin/* 2>/dev/null || true
 ls -la .gpu/bin
 du -sh .gpu

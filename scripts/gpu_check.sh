@@ -4,7 +4,7 @@
 # golden fixture), then a short benchmark at the 7B shape with random weights.
 # With `hf`: makes a random checkpoint with Zamba-7B-v1's exact config, runs HF transformers on it
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|sanitize|criterion|hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -21,10 +21,20 @@ if has tests; then
   done
 fi
 if has bench; then
-  for args in "-p 512 -n 64 -b 1" "-p 2048 -n 16 -b 1"; do
+  for args in "-p 512 -n 64 -b 1" "-p 2048 -n 16 -b 1" "-p 4000 -n 32 -b 1" "-p 512 -n 32 -b 64"; do
     echo "=== zamba-run bench --random $args"
     .gpu/bin/zamba-run bench --random $args 2>&1 | tee -a "$out/bench.log"
   done
+fi
+if has sanitize; then
+  echo "=== compute-sanitizer memcheck on the whole-model tests (tiny-a)"
+  compute-sanitizer --tool memcheck --error-exitcode 9 .gpu/bin/test-gpu_model --test-threads=1 --skip zamba_7b \
+      2>&1 | tee "$out/sanitize.log" | grep -E "ERROR SUMMARY|test result|Invalid|out of bounds" | head -20
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+fi
+if has criterion && [[ -x .gpu/bin/bench-throughput ]]; then
+  echo "=== cargo bench (criterion)"
+  .gpu/bin/bench-throughput --bench 2>&1 | tee "$out/criterion.log" | grep -E "^[a-z_0-9/]+ *$|time:|thrpt:" | head -40
 fi
 if has hf; then
   ck=/tmp/zamba-rand-7b

@@ -59,10 +59,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Measures copy bandwidth (2 GiB buffers) and the GEMM rate (8192³ on random bf16 data).
 pub fn measure_roofline(gpu: &Gpu) -> Result<Roofline> {
     let bytes = 2usize << 30;
-    let (a, b) = (
-        DeviceBuf::new(bytes, "bench")?,
-        DeviceBuf::new(bytes, "bench")?,
-    );
+    let (a, b) = (DeviceBuf::new(bytes, "bench")?, DeviceBuf::new(bytes, "bench")?);
     gpu.fill_uniform_bf16(a.ptr(), bytes / 2, 1, 0.0, 1.0)?;
     let mut t = Vec::new();
     for _ in 0..6 {
@@ -167,11 +164,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             cfg.max_position_embeddings = cfg.max_position_embeddings.max(ctx);
             GpuModel::random(&cfg, opts, 1)?
         }
-        (None, false) => {
-            return Err(ZambaError::InvalidInput(
-                "give --model DIR or --random".into(),
-            ))
-        }
+        (None, false) => return Err(ZambaError::InvalidInput("give --model DIR or --random".into())),
     };
     let load_s = t_load.elapsed().as_secs_f64();
     let cfg = model.config().clone();

@@ -226,9 +226,8 @@ pub fn read_ids(path: &Path, key: &str) -> Result<Vec<Vec<u32>>> {
         .map(|row| {
             row.iter()
                 .map(|&v| {
-                    u32::try_from(v).map_err(|_| {
-                        ZambaError::InvalidInput(format!("token id {v} is out of range"))
-                    })
+                    u32::try_from(v)
+                        .map_err(|_| ZambaError::InvalidInput(format!("token id {v} is out of range")))
                 })
                 .collect()
         })

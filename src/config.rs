@@ -51,8 +51,7 @@ pub struct ZambaConfig {
 impl ZambaConfig {
     /// Reads and checks `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ZambaError::io("config.json", path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| ZambaError::io("config.json", path, e))?;
         Self::from_json_str(&text).map_err(|e| match e {
             ZambaError::ConfigParse { reason, .. } => ZambaError::ConfigParse {
                 path: path.to_path_buf(),
@@ -92,12 +91,8 @@ impl ZambaConfig {
         }
         let hidden_size = f.usize("hidden_size", 3712)?;
         let num_attention_heads = f.usize("num_attention_heads", 16)?;
-        let attention_hidden_size = f
-            .opt_usize("attention_hidden_size")?
-            .unwrap_or(2 * hidden_size);
-        let head_dim_default = (2 * hidden_size)
-            .checked_div(num_attention_heads)
-            .unwrap_or(0);
+        let attention_hidden_size = f.opt_usize("attention_hidden_size")?.unwrap_or(2 * hidden_size);
+        let head_dim_default = (2 * hidden_size).checked_div(num_attention_heads).unwrap_or(0);
         let attention_head_dim = match f.opt_usize("attention_head_dim")? {
             Some(v) => v,
             None => f.opt_usize("head_dim")?.unwrap_or(head_dim_default),
@@ -194,26 +189,16 @@ impl ZambaConfig {
             ));
         }
         if self.mamba_d_conv > 8 {
-            return bad(format!(
-                "mamba_d_conv {} > 8 is not supported",
-                self.mamba_d_conv
-            ));
+            return bad(format!("mamba_d_conv {} > 8 is not supported", self.mamba_d_conv));
         }
         if self.mamba_proj_bias {
-            return bad(
-                "mamba_proj_bias = true is not supported (Zamba has no in/out_proj bias)".into(),
-            );
+            return bad("mamba_proj_bias = true is not supported (Zamba has no in/out_proj bias)".into());
         }
         if !self.mamba_conv_bias {
-            return bad(
-                "mamba_conv_bias = false is not supported (Zamba's conv has a bias)".into(),
-            );
+            return bad("mamba_conv_bias = false is not supported (Zamba's conv has a bias)".into());
         }
         if !self.rms_norm_eps.is_finite() || self.rms_norm_eps <= 0.0 {
-            return bad(format!(
-                "rms_norm_eps {} must be positive",
-                self.rms_norm_eps
-            ));
+            return bad(format!("rms_norm_eps {} must be positive", self.rms_norm_eps));
         }
         if self.vocab_size > i32::MAX as usize || self.hidden_size > 1 << 20 {
             return bad("sizes too large".into());
@@ -278,9 +263,7 @@ impl ZambaConfig {
 /// The layer plan: `layers_block_type` (alias `layer_types`) when given, else HF's formula from
 /// attn_layer_period and attn_layer_offset (ZAMBA.md section 1).
 fn layer_plan(obj: &Map<String, Value>, n_layers: usize, f: &Fields) -> Result<Vec<LayerKind>> {
-    let list = obj
-        .get("layers_block_type")
-        .or_else(|| obj.get("layer_types"));
+    let list = obj.get("layers_block_type").or_else(|| obj.get("layer_types"));
     if let Some(list) = list.filter(|v| !v.is_null()) {
         let arr = list.as_array().ok_or_else(|| ZambaError::ConfigParse {
             path: "config.json".into(),

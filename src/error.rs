@@ -35,10 +35,7 @@ pub enum ZambaError {
     /// The checkpoint does not hold the tensors that the config implies. Every problem found is
     /// listed, one per line.
     #[error("checkpoint {path} does not match its config ({} problem(s)):\n  {}", problems.len(), problems.join("\n  "))]
-    Checkpoint {
-        path: PathBuf,
-        problems: Vec<String>,
-    },
+    Checkpoint { path: PathBuf, problems: Vec<String> },
 
     /// The tokenizer file could not be loaded, or encoding/decoding failed.
     #[error("tokenizer: {0}")]

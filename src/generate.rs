@@ -105,8 +105,7 @@ pub fn generate_ids(
         let piece = stream.push(id)?;
         on_text(&piece);
         text.push_str(&piece);
-        if model.seq_len(opts.slot) + 1 > model.max_context() && new_ids.len() < opts.max_new_tokens
-        {
+        if model.seq_len(opts.slot) + 1 > model.max_context() && new_ids.len() < opts.max_new_tokens {
             break;
         }
         next_input = vec![id];

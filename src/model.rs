@@ -96,9 +96,7 @@ pub fn check_batch(
             )));
         }
         if s.tokens.is_empty() {
-            return Err(ZambaError::InvalidInput(format!(
-                "batch entry {i}: no tokens"
-            )));
+            return Err(ZambaError::InvalidInput(format!("batch entry {i}: no tokens")));
         }
         if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
             return Err(ZambaError::InvalidInput(format!(

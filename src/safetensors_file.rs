@@ -217,8 +217,7 @@ impl SafetensorsFile {
         // is another process truncating or rewriting the file while it is mapped, which the
         // safetensors format (and every loader of it) assumes does not happen. All reads go through
         // ranges checked against the map's length below.
-        let map =
-            unsafe { Mmap::map(&file) }.map_err(|e| ZambaError::io("safetensors file", path, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| ZambaError::io("safetensors file", path, e))?;
         let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER {
             return Err(bad(format!(

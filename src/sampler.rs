@@ -55,9 +55,7 @@ impl Sampler {
         if self.is_greedy() {
             return argmax(logits);
         }
-        let mut idx: Vec<usize> = (0..logits.len())
-            .filter(|&i| logits[i].is_finite())
-            .collect();
+        let mut idx: Vec<usize> = (0..logits.len()).filter(|&i| logits[i].is_finite()).collect();
         if idx.is_empty() {
             return argmax(logits);
         }

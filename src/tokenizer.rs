@@ -38,9 +38,7 @@ impl ZambaTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let json = std::fs::read(path).map_err(|e| ZambaError::io("tokenizer file", path, e))?;
         Self::from_bytes(&json).map_err(|e| match e {
-            ZambaError::Tokenizer(msg) => {
-                ZambaError::Tokenizer(format!("{}: {msg}", path.display()))
-            }
+            ZambaError::Tokenizer(msg) => ZambaError::Tokenizer(format!("{}: {msg}", path.display())),
             other => other,
         })
     }

@@ -108,11 +108,7 @@ pub fn shared_names(k: usize) -> SharedNames {
 }
 
 /// Every tensor the config implies, given the hybrid layer that stores the shared block.
-pub fn expected_tensors(
-    cfg: &ZambaConfig,
-    shared_layer: usize,
-    has_lm_head: bool,
-) -> Vec<TensorSpec> {
+pub fn expected_tensors(cfg: &ZambaConfig, shared_layer: usize, has_lm_head: bool) -> Vec<TensorSpec> {
     let (h, di, nh, dh) = (
         cfg.hidden_size,
         cfg.d_inner(),
@@ -303,14 +299,13 @@ fn open_files(dir: &Path) -> Result<(Vec<SafetensorsFile>, HashMap<String, usize
     let mut files = Vec::new();
     let mut location = HashMap::new();
     if index_path.is_file() {
-        let text = std::fs::read_to_string(&index_path)
-            .map_err(|e| ZambaError::io("index", &index_path, e))?;
+        let text =
+            std::fs::read_to_string(&index_path).map_err(|e| ZambaError::io("index", &index_path, e))?;
         let bad = |reason: String| ZambaError::Safetensors {
             path: index_path.clone(),
             reason,
         };
-        let v: Value =
-            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let map = v
             .get("weight_map")
             .and_then(Value::as_object)
@@ -334,9 +329,7 @@ fn open_files(dir: &Path) -> Result<(Vec<SafetensorsFile>, HashMap<String, usize
                 if st.get(name).is_some() {
                     location.insert(name.to_string(), files.len());
                 } else {
-                    problems.push(format!(
-                        "the index puts {name} in {file}, which does not hold it"
-                    ));
+                    problems.push(format!("the index puts {name} in {file}, which does not hold it"));
                 }
             }
             files.push(st);
@@ -372,8 +365,7 @@ fn find_shared_layer(
         .filter_map(|name| {
             let rest = name.strip_prefix("model.layers.")?;
             let (idx, tail) = rest.split_once('.')?;
-            tail.starts_with("shared_transf.")
-                .then(|| idx.parse().ok())?
+            tail.starts_with("shared_transf.").then(|| idx.parse().ok())?
         })
         .collect();
     found.sort_unstable();

@@ -29,11 +29,7 @@ fn logits_and_hidden_states_match_hf_fp32() {
         assert!(max <= 5e-3, "seq {b}: logits max abs diff {max} > 5e-3");
         assert_eq!(trace.hidden.len(), 14);
         for (i, hs) in trace.hidden.iter().enumerate() {
-            let gh = g
-                .get(&format!("hidden_states.{i}"))
-                .unwrap()
-                .to_f32()
-                .unwrap();
+            let gh = g.get(&format!("hidden_states.{i}")).unwrap().to_f32().unwrap();
             let want = &gh[b * seq * h..(b + 1) * seq * h];
             let scale = want.iter().fold(0f32, |a, x| a.max(x.abs()));
             let (max, _) = diff(hs, want);
@@ -84,13 +80,7 @@ fn chunked_prefill_equals_one_shot_prefill() {
     let row = &golden_ids(&g, "generated_ids")[1];
     let mut m = model(2);
     let full = m
-        .forward(
-            &[SeqInput {
-                slot: 0,
-                tokens: row,
-            }],
-            Logits::All,
-        )
+        .forward(&[SeqInput { slot: 0, tokens: row }], Logits::All)
         .unwrap()
         .remove(0);
     let v = m.config().vocab_size;
@@ -130,10 +120,7 @@ fn prompt_past_the_context_limit_is_an_error() {
             Logits::Last,
         )
         .unwrap_err();
-    assert!(
-        err.to_string().contains("past the context limit of 8"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("past the context limit of 8"), "{err}");
     m.forward(
         &[SeqInput {
             slot: 0,
@@ -170,9 +157,5 @@ fn token_ids_past_the_vocabulary_are_an_error() {
         err.to_string().contains("token id 32000 is out of range"),
         "{err}"
     );
-    assert_eq!(
-        m.seq_len(0),
-        0,
-        "a rejected batch must not change the state"
-    );
+    assert_eq!(m.seq_len(0), 0, "a rejected batch must not change the state");
 }

@@ -134,9 +134,8 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
         up_f32(&g, &af),
     );
     let out = poisoned(&g, m * 2 * H * 2);
-    let rows_of = |f: &dyn Fn(usize) -> Vec<f32>, ts: &[usize]| -> Vec<f32> {
-        ts.iter().flat_map(|&t| f(t)).collect()
-    };
+    let rows_of =
+        |f: &dyn Fn(usize) -> Vec<f32>, ts: &[usize]| -> Vec<f32> { ts.iter().flat_map(|&t| f(t)).collect() };
     let all: Vec<usize> = (0..m).collect();
     // Two roundings (inside and after the weight product) can each land one ulp apart.
     let tol = 2.0 * BF16_RTOL;
@@ -144,13 +143,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     g.rmsnorm(da.ptr(), false, 0, 0, 0, dw.ptr(), out.ptr(), m, H, 0, EPS)
         .unwrap();
     let want = rows_of(&|t| rms_hf(&a[t * H..(t + 1) * H], &w[..H]), &all);
-    assert_close(
-        "bf16 rmsnorm",
-        &down_bf16(&g, out.ptr(), m * H),
-        &want,
-        1e-6,
-        tol,
-    );
+    assert_close("bf16 rmsnorm", &down_bf16(&g, out.ptr(), m * H), &want, 1e-6, tol);
 
     // bf16 residual add (rounded to bf16 first, like HF), then norm.
     g.rmsnorm(
@@ -204,9 +197,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     let want = rows_of(
         &|t| {
             rms_hf(
-                &(0..H)
-                    .map(|i| af[t * H + i] + add[t * H + i])
-                    .collect::<Vec<_>>(),
+                &(0..H).map(|i| af[t * H + i] + add[t * H + i]).collect::<Vec<_>>(),
                 &w[..H],
             )
         },
@@ -221,20 +212,8 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     );
 
     // The 7424-wide norm over concat(h, e), h fp32.
-    g.rmsnorm(
-        daf.ptr(),
-        true,
-        0,
-        de.ptr(),
-        0,
-        dw.ptr(),
-        out.ptr(),
-        m,
-        H,
-        H,
-        EPS,
-    )
-    .unwrap();
+    g.rmsnorm(daf.ptr(), true, 0, de.ptr(), 0, dw.ptr(), out.ptr(), m, H, H, EPS)
+        .unwrap();
     let want = rows_of(
         &|t| {
             rms_hf(
@@ -613,19 +592,8 @@ fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize
     let vc = rng.bf16_vec(slots * kvw * ctx, -1.0, 1.0);
     let (dqkv, dk, dv) = (up_bf16(g, &qkv), up_bf16(g, &kc), up_bf16(g, &vc));
     let bb = batch_buffers(g, &es);
-    g.kv_append(
-        dqkv.ptr(),
-        ld,
-        q,
-        &bb.meta,
-        dk.ptr(),
-        dv.ptr(),
-        m,
-        nkv,
-        HD,
-        ctx,
-    )
-    .unwrap();
+    g.kv_append(dqkv.ptr(), ld, q, &bb.meta, dk.ptr(), dv.ptr(), m, nkv, HD, ctx)
+        .unwrap();
     let dims = Dims {
         na: NA,
         nkv,

@@ -48,9 +48,7 @@ fn bf16_engine_is_as_close_to_hf_fp32_as_hf_bf16() {
         .collect();
     let got: Vec<f32> = m.forward(&batch, Logits::All).unwrap().concat();
     let (max, mean, agree) = compare(&got, &want, 32000);
-    eprintln!(
-        "tiny-a bf16 engine vs HF fp32: max {max:.4}, mean {mean:.4}, argmax agreement {agree:.4}"
-    );
+    eprintln!("tiny-a bf16 engine vs HF fp32: max {max:.4}, mean {mean:.4}, argmax agreement {agree:.4}");
     // HF's own bf16 run on these weights: max 0.917, mean 0.076, agreement 0.96875 (meta.json).
     assert!(max <= 0.917, "max abs {max}");
     assert!(mean <= 0.076, "mean abs {mean}");
@@ -98,28 +96,15 @@ fn greedy_decoding_reproduces_hf_generated_ids() {
 /// over the whole sequence; and chunked prefill (max_tokens small) the same again. The paths
 /// differ only in bf16 rounding (different GEMM shapes), so the bound is bf16 noise: `mean_tol`
 /// on the mean abs difference, and 95% argmax agreement.
-fn cache_consistency(
-    m: &mut GpuModel,
-    chunked: &mut GpuModel,
-    row: &[u32],
-    split: usize,
-    mean_tol: f32,
-) {
+fn cache_consistency(m: &mut GpuModel, chunked: &mut GpuModel, row: &[u32], split: usize, mean_tol: f32) {
     let v = m.config().vocab_size;
     m.reset(0).unwrap();
     let full = m.forward(&one(0, row), Logits::All).unwrap().remove(0);
     let scale = full.iter().map(|x| x.abs()).sum::<f32>() / full.len() as f32;
     m.reset(0).unwrap();
-    let mut stepped = m
-        .forward(&one(0, &row[..split]), Logits::All)
-        .unwrap()
-        .remove(0);
+    let mut stepped = m.forward(&one(0, &row[..split]), Logits::All).unwrap().remove(0);
     for t in split..row.len() {
-        stepped.extend(
-            m.forward(&one(0, &row[t..t + 1]), Logits::All)
-                .unwrap()
-                .remove(0),
-        );
+        stepped.extend(m.forward(&one(0, &row[t..t + 1]), Logits::All).unwrap().remove(0));
     }
     let (max, mean, agree) = compare(&stepped, &full, v);
     eprintln!(
@@ -131,10 +116,7 @@ fn cache_consistency(
         "decode after prefill differs: mean {mean}, argmax {agree}"
     );
     chunked.reset(0).unwrap();
-    let ch = chunked
-        .forward(&one(0, row), Logits::All)
-        .unwrap()
-        .remove(0);
+    let ch = chunked.forward(&one(0, row), Logits::All).unwrap().remove(0);
     let (max, mean, agree) = compare(&ch, &full, v);
     eprintln!("chunked prefill vs one prefill: max {max:.4}, mean {mean:.5}, argmax {agree}");
     assert!(
@@ -175,10 +157,7 @@ fn a_batch_gives_each_sequence_its_own_logits() {
     m.reset(1).unwrap();
     let both = m
         .forward(
-            &[
-                SeqInput { slot: 1, tokens: b },
-                SeqInput { slot: 0, tokens: a },
-            ],
+            &[SeqInput { slot: 1, tokens: b }, SeqInput { slot: 0, tokens: a }],
             Logits::All,
         )
         .unwrap();
@@ -222,10 +201,7 @@ fn errors_are_reported_not_panics() {
         ..Default::default()
     });
     let err = m.forward(&one(0, &[1; 9]), Logits::Last).unwrap_err();
-    assert!(
-        err.to_string().contains("past the context limit of 8"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("past the context limit of 8"), "{err}");
     let err = m.forward(&one(0, &[1, 40000]), Logits::Last).unwrap_err();
     assert!(
         err.to_string().contains("token id 40000 is out of range"),
@@ -254,8 +230,7 @@ fn zamba_7b_shape_random_weights_are_consistent() {
         return;
     }
     // The real sizes with 8 layers (hybrid at 2 and 7) to keep the test short.
-    let mut cfg =
-        ZambaConfig::from_json_str(r#"{"model_type": "zamba", "num_hidden_layers": 8}"#).unwrap();
+    let mut cfg = ZambaConfig::from_json_str(r#"{"model_type": "zamba", "num_hidden_layers": 8}"#).unwrap();
     cfg.max_position_embeddings = 4096;
     let mut m = GpuModel::random(
         &cfg,
@@ -279,10 +254,7 @@ fn zamba_7b_shape_random_weights_are_consistent() {
     let row: Vec<u32> = (0..340u32).map(|i| (i * 7919 + 13) % 32000).collect();
     // HF's bf16 noise at the 7B shape with these statistics is about 3% of the mean |logit|
     // (scripts/make_random_checkpoint.py); allow that.
-    let probe = m
-        .forward(&one(1, &row[..8]), Logits::All)
-        .unwrap()
-        .remove(0);
+    let probe = m.forward(&one(1, &row[..8]), Logits::All).unwrap().remove(0);
     let scale = probe.iter().map(|x| x.abs()).sum::<f32>() / probe.len() as f32;
     cache_consistency(&mut m, &mut chunked, &row, 333, 0.03 * scale);
 }

@@ -23,10 +23,7 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "zamba-tokenizer-test-{}-{name}",
-            std::process::id()
-        ));
+        let path = std::env::temp_dir().join(format!("zamba-tokenizer-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         TempDir(path)
@@ -47,10 +44,7 @@ fn is_byte_token(t: &ZambaTokenizer, id: u32) -> bool {
 /// Pushes `ids` one at a time; returns every chunk, `finish()` last.
 fn stream_chunks(t: &ZambaTokenizer, ids: &[u32]) -> Vec<String> {
     let mut stream = t.stream();
-    let mut chunks: Vec<String> = ids
-        .iter()
-        .map(|&id| stream.push(id).expect("push"))
-        .collect();
+    let mut chunks: Vec<String> = ids.iter().map(|&id| stream.push(id).expect("push")).collect();
     chunks.push(stream.finish().expect("finish"));
     chunks
 }
@@ -158,13 +152,7 @@ fn stream_multibyte_text_in_vocab() {
 #[test]
 fn stream_byte_fallback_emoji() {
     let t = tok();
-    for text in [
-        "🦀🫠 x 🚀",
-        "a🦀",
-        "🦀",
-        "x 🦀\n🫠🫠 done",
-        "Crab: 🦀, melt: 🫠.",
-    ] {
+    for text in ["🦀🫠 x 🚀", "a🦀", "🦀", "x 🦀\n🫠🫠 done", "Crab: 🦀, melt: 🫠."] {
         let ids = check_stream_round_trip(&t, text);
         let byte_ids = ids.iter().filter(|&&id| is_byte_token(&t, id)).count();
         assert!(
@@ -274,10 +262,7 @@ fn errors() {
     let missing = std::env::temp_dir().join("zamba-no-such-dir-7f3a/tokenizer.json");
     let err = ZambaTokenizer::from_file(&missing).unwrap_err();
     assert!(matches!(err, ZambaError::NotFound { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains(&missing.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
 
     let err = ZambaTokenizer::from_bytes(b"not json").unwrap_err();
     assert!(matches!(err, ZambaError::Tokenizer(_)), "{err:?}");
@@ -308,10 +293,7 @@ fn from_file_reads_and_names_bad_files() {
     std::fs::write(&bad, b"{\"version\": ").unwrap();
     let err = ZambaTokenizer::from_file(&bad).unwrap_err();
     assert!(matches!(err, ZambaError::Tokenizer(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&bad.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&bad.display().to_string()), "{err}");
 }
 
 #[test]
@@ -326,10 +308,7 @@ fn for_model_dir_falls_back_to_bundled() {
     std::fs::write(&file, b"not json").unwrap();
     let err = ZambaTokenizer::for_model_dir(&dir.0).unwrap_err();
     assert!(matches!(err, ZambaError::Tokenizer(_)), "{err:?}");
-    assert!(
-        err.to_string().contains(&file.display().to_string()),
-        "{err}"
-    );
+    assert!(err.to_string().contains(&file.display().to_string()), "{err}");
 
     // A folder that does not exist is an error, not a silent fallback.
     let gone = dir.0.join("no-such-model");

@@ -85,14 +85,7 @@ pub struct KvCache {
 impl SharedWeights {
     /// The block on residual stream `h` and embeddings `e` (both `[T, H]`), appending this step's
     /// keys and values to `cache`. Returns the MLP output `[T, H]`.
-    pub fn forward(
-        &self,
-        h: &[f32],
-        e: &[f32],
-        t_len: usize,
-        s: AttnShape,
-        cache: &mut KvCache,
-    ) -> Vec<f32> {
+    pub fn forward(&self, h: &[f32], e: &[f32], t_len: usize, s: AttnShape, cache: &mut KvCache) -> Vec<f32> {
         let hs = h.len() / t_len.max(1);
         let mut cat = Vec::with_capacity(2 * h.len());
         for t in 0..t_len {

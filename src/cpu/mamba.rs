@@ -11,13 +11,7 @@ use super::ops::{dot, matmul, silu, softplus, Mat};
 /// Depthwise causal conv over time plus SiLU, continuing from `state`, which is updated in place:
 /// `out[t, c] = silu(b[c] + Σ_k w[c, k] · x[t - (K-1) + k, c])`, where inputs before t = 0 come
 /// from the state. `w` is `[C, K]`.
-pub fn causal_conv1d_silu(
-    xs: &[f32],
-    t_len: usize,
-    w: &[f32],
-    b: &[f32],
-    state: &mut [f32],
-) -> Vec<f32> {
+pub fn causal_conv1d_silu(xs: &[f32], t_len: usize, w: &[f32], b: &[f32], state: &mut [f32]) -> Vec<f32> {
     let c_len = b.len();
     let k_len = w.len() / c_len;
     // The conv input with its history in front: [hist + T, C].

@@ -58,13 +58,7 @@ fn vecf(ck: &Checkpoint, name: &str) -> Result<Vec<f32>> {
 }
 
 /// Splits a `[heads, rows, cols]` tensor into one matrix per head.
-fn per_head(
-    ck: &Checkpoint,
-    name: &str,
-    heads: usize,
-    rows: usize,
-    cols: usize,
-) -> Result<Vec<Mat>> {
+fn per_head(ck: &Checkpoint, name: &str, heads: usize, rows: usize, cols: usize) -> Result<Vec<Mat>> {
     let all = ck.get(name)?.to_bf16()?;
     Ok(all
         .chunks_exact(rows * cols)
@@ -149,10 +143,7 @@ impl CpuModel {
         let c = &self.cfg;
         SeqState {
             len: 0,
-            mamba: vec![
-                MambaState::zeros(c.d_inner(), c.mamba_d_conv, c.mamba_d_state);
-                c.num_hidden_layers
-            ],
+            mamba: vec![MambaState::zeros(c.d_inner(), c.mamba_d_conv, c.mamba_d_state); c.num_hidden_layers],
             kv: vec![KvCache::default(); c.hybrid_layers().len()],
         }
     }

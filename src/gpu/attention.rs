@@ -163,14 +163,5 @@ pub fn decode(
         b,
         d.scale,
     )?;
-    gpu.attn_decode_combine(
-        s.part_acc,
-        s.part_ml,
-        out,
-        d.q_width(),
-        d.na,
-        d.hd,
-        n_splits,
-        b,
-    )
+    gpu.attn_decode_combine(s.part_acc, s.part_ml, out, d.q_width(), d.na, d.hd, n_splits, b)
 }

@@ -46,8 +46,8 @@ pub struct BatchBuffers {
 /// Offsets (in i32 elements) of each section, in the order of the fields of `BatchMeta`.
 fn sections(c: Caps) -> [usize; 14] {
     let sizes = [
-        c.tokens, c.tokens, c.entries, c.entries, c.entries, c.entries, c.entries, c.entries,
-        c.entries, c.chunks, c.chunks, c.chunks, c.chunks,
+        c.tokens, c.tokens, c.entries, c.entries, c.entries, c.entries, c.entries, c.entries, c.entries,
+        c.chunks, c.chunks, c.chunks, c.chunks,
     ];
     let mut off = [0; 14];
     for i in 0..13 {

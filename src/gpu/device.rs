@@ -18,7 +18,9 @@ static FATBIN: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/zamba.fatbin"))
 /// the driver library before calling into it (cudarc panics when libcuda is missing).
 pub fn unavailable_reason() -> Option<String> {
     if FATBIN.is_empty() {
-        return Some("this build has no CUDA kernels (nvcc was not found when it was compiled; see README.md)".into());
+        return Some(
+            "this build has no CUDA kernels (nvcc was not found when it was compiled; see README.md)".into(),
+        );
     }
     // SAFETY: is_culib_present only tries to dlopen the driver library.
     if !unsafe { sys::is_culib_present() } {
@@ -133,10 +135,7 @@ impl Gpu {
         )?;
         let mut functions = HashMap::new();
         for &name in KERNELS {
-            let f = cu(
-                &format!("loading kernel {name}"),
-                module.load_function(name),
-            )?;
+            let f = cu(&format!("loading kernel {name}"), module.load_function(name))?;
             functions.insert(name, f.cu_function());
         }
         Ok(Gpu {
@@ -176,14 +175,7 @@ impl Gpu {
         // that outlive the call (cuLaunchKernel copies them before returning); the kernel's
         // signature matches the pushed arguments (each wrapper in kernels.rs mirrors one kernel).
         let r = unsafe {
-            result::launch_kernel(
-                f,
-                grid,
-                (block, 1, 1),
-                0,
-                self.cu_stream(),
-                &mut ptrs[..args.n],
-            )
+            result::launch_kernel(f, grid, (block, 1, 1), 0, self.cu_stream(), &mut ptrs[..args.n])
         };
         cu(&format!("launching {name}"), r)
     }

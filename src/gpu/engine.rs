@@ -67,11 +67,7 @@ pub struct GpuModel {
 
 impl GpuModel {
     /// Uploads a checkpoint and allocates everything for `opts`.
-    pub fn load(
-        ck: &Checkpoint,
-        opts: GpuOptions,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
+    pub fn load(ck: &Checkpoint, opts: GpuOptions, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let cfg = ck.config().clone();
         check_supported(&cfg)?;
         let gpu = Gpu::new(opts.device)?;
@@ -180,14 +176,7 @@ impl GpuModel {
             }
             let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
             // in_proj (rows permuted at load): xz = [x | z], each DI wide.
-            blas.gemm(&Gemm::linear(
-                ws.n.ptr(),
-                lw.in_proj,
-                ws.xz.ptr(),
-                m,
-                2 * di,
-                h,
-            ))?;
+            blas.gemm(&Gemm::linear(ws.n.ptr(), lw.in_proj, ws.xz.ptr(), m, 2 * di, h))?;
             let conv = self.states.conv_at(i);
             if decode {
                 g.conv1d_update(
@@ -313,14 +302,7 @@ impl GpuModel {
             h,
             eps,
         )?;
-        blas.gemm(&Gemm::linear(
-            ws.a.ptr(),
-            sw.qkv,
-            ws.qkv.ptr(),
-            m,
-            ldqkv,
-            2 * h,
-        ))?;
+        blas.gemm(&Gemm::linear(ws.a.ptr(), sw.qkv, ws.qkv.ptr(), m, ldqkv, 2 * h))?;
         let (kc, vc) = (self.states.k_at(j), self.states.v_at(j));
         g.kv_append(ws.qkv.ptr(), ldqkv, q, &meta, kc, vc, m, nkv, hd, self.ctx)?;
         let dims = attention::Dims::of(cfg, self.ctx);
@@ -348,43 +330,14 @@ impl GpuModel {
             )?;
         } else {
             for e in entries {
-                attention::prefill(
-                    g,
-                    blas,
-                    &dims,
-                    ws.qkv.ptr(),
-                    e,
-                    kc,
-                    vc,
-                    &scratch,
-                    ws.attn.ptr(),
-                )?;
+                attention::prefill(g, blas, &dims, ws.qkv.ptr(), e, kc, vc, &scratch, ws.attn.ptr())?;
             }
         }
         let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
         blas.gemm(&Gemm::linear(ws.attn.ptr(), sw.o, ws.o.ptr(), m, h, q))?;
-        g.rmsnorm(
-            ws.o.ptr(),
-            false,
-            0,
-            0,
-            0,
-            sw.ln_ff,
-            ws.mo.ptr(),
-            m,
-            h,
-            0,
-            eps,
-        )?;
+        g.rmsnorm(ws.o.ptr(), false, 0, 0, 0, sw.ln_ff, ws.mo.ptr(), m, h, 0, eps)?;
         let f = cfg.intermediate_size;
-        blas.gemm(&Gemm::linear(
-            ws.mo.ptr(),
-            sw.gate_up,
-            ws.gu.ptr(),
-            m,
-            2 * f,
-            h,
-        ))?;
+        blas.gemm(&Gemm::linear(ws.mo.ptr(), sw.gate_up, ws.gu.ptr(), m, 2 * f, h))?;
         g.gelu_mul(ws.gu.ptr(), ws.act.ptr(), m, f)?;
         blas.gemm(&Gemm::linear(ws.act.ptr(), sw.down, ws.t.ptr(), m, h, f))
     }
@@ -449,12 +402,7 @@ impl GpuModel {
 
     /// The shared forward: runs every round, and for each one hands the rows whose logits are
     /// wanted to `collect(bi, rows)`.
-    fn forward_rounds(
-        &mut self,
-        batch: &[SeqInput],
-        want: Logits,
-        collect: &mut Collect,
-    ) -> Result<()> {
+    fn forward_rounds(&mut self, batch: &[SeqInput], want: Logits, collect: &mut Collect) -> Result<()> {
         check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
             self.states.len[s]
         })?;

@@ -99,8 +99,7 @@ impl Blas {
             )?;
             check(
                 "cublasSetWorkspace",
-                cb::cublasSetWorkspace_v2(handle, workspace.ptr() as *mut c_void, WORKSPACE)
-                    .result(),
+                cb::cublasSetWorkspace_v2(handle, workspace.ptr() as *mut c_void, WORKSPACE).result(),
             )?;
         }
         Ok(Blas {
@@ -115,8 +114,7 @@ impl Blas {
             return Ok(());
         }
         let to_i = |v: usize| -> Result<i32> {
-            i32::try_from(v)
-                .map_err(|_| ZambaError::InvalidInput(format!("GEMM dimension {v} exceeds i32")))
+            i32::try_from(v).map_err(|_| ZambaError::InvalidInput(format!("GEMM dimension {v} exceeds i32")))
         };
         let transa = if g.w_rows_are_outputs {
             cb::cublasOperation_t::CUBLAS_OP_T

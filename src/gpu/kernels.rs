@@ -137,12 +137,7 @@ impl Gpu {
             .push(out)
             .push(i(di))
             .push(i(k));
-        self.launch(
-            "conv1d_prefill",
-            (blocks(di, 256), m as u32, 1),
-            256,
-            &mut a,
-        )
+        self.launch("conv1d_prefill", (blocks(di, 256), m as u32, 1), 256, &mut a)
     }
 
     pub fn conv_state_update(
@@ -237,11 +232,7 @@ impl Gpu {
             .push(meta.entry_slot)
             .push(meta.entry_chunk0)
             .push(meta.entry_nchunks);
-        a.push(ssm_state)
-            .push(h_loc)
-            .push(dtsum)
-            .push(s_in)
-            .push(i(di));
+        a.push(ssm_state).push(h_loc).push(dtsum).push(s_in).push(i(di));
         self.launch(
             "scan_chunk_combine",
             (blocks(di * n, 256), n_entries as u32, 1),
@@ -274,14 +265,7 @@ impl Gpu {
         )
     }
 
-    pub fn ssm_decode(
-        &self,
-        s: &ScanArgs,
-        meta: &BatchMeta,
-        ssm_state: u64,
-        y: u64,
-        b: usize,
-    ) -> Result<()> {
+    pub fn ssm_decode(&self, s: &ScanArgs, meta: &BatchMeta, ssm_state: u64, y: u64, b: usize) -> Result<()> {
         let mut a = Args::new();
         a.push(*s).push(meta.entry_slot).push(ssm_state).push(y);
         self.launch(
@@ -319,12 +303,7 @@ impl Gpu {
             .push(i(nkv))
             .push(i(hd))
             .push(i(ctx));
-        self.launch(
-            "kv_append",
-            (blocks(nkv * hd, 256), m as u32, 1),
-            256,
-            &mut a,
-        )
+        self.launch("kv_append", (blocks(nkv * hd, 256), m as u32, 1), 256, &mut a)
     }
 
     pub fn softmax_causal(
@@ -373,12 +352,7 @@ impl Gpu {
             .push(i(ctx))
             .push(i(split_len))
             .push(scale);
-        self.launch(
-            "attn_decode",
-            (na as u32, n_splits as u32, b as u32),
-            128,
-            &mut a,
-        )
+        self.launch("attn_decode", (na as u32, n_splits as u32, b as u32), 128, &mut a)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -411,14 +385,7 @@ impl Gpu {
     }
 
     /// Fills `n` bf16 values with `offset + scale·U(-1, 1)` from a hash of (seed, index).
-    pub fn fill_uniform_bf16(
-        &self,
-        x: u64,
-        n: usize,
-        seed: u64,
-        offset: f32,
-        scale: f32,
-    ) -> Result<()> {
+    pub fn fill_uniform_bf16(&self, x: u64, n: usize, seed: u64, offset: f32, scale: f32) -> Result<()> {
         let mut a = Args::new();
         a.push(x).push(n).push(seed).push(offset).push(scale);
         self.launch(
@@ -430,14 +397,7 @@ impl Gpu {
     }
 
     /// The fp32 version of [`Gpu::fill_uniform_bf16`].
-    pub fn fill_uniform_f32(
-        &self,
-        x: u64,
-        n: usize,
-        seed: u64,
-        offset: f32,
-        scale: f32,
-    ) -> Result<()> {
+    pub fn fill_uniform_f32(&self, x: u64, n: usize, seed: u64, offset: f32, scale: f32) -> Result<()> {
         let mut a = Args::new();
         a.push(x).push(n).push(seed).push(offset).push(scale);
         self.launch(

@@ -210,11 +210,7 @@ fn plan(cfg: &ZambaConfig, shared_layer: usize, lm_head: Option<&str>) -> (Plan,
 
 /// Bytes the weights of `cfg` take on the device.
 pub fn weight_bytes(cfg: &ZambaConfig, tied: bool) -> usize {
-    let (p, _) = plan(
-        cfg,
-        cfg.hybrid_layers()[0],
-        (!tied).then_some("lm_head.weight"),
-    );
+    let (p, _) = plan(cfg, cfg.hybrid_layers()[0], (!tied).then_some("lm_head.weight"));
     p.size
 }
 
@@ -259,11 +255,7 @@ impl GpuWeights {
     }
 
     /// Uploads a validated checkpoint. `progress(done, total)` is called as bytes arrive.
-    pub fn load(
-        gpu: &Gpu,
-        ck: &Checkpoint,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Self> {
+    pub fn load(gpu: &Gpu, ck: &Checkpoint, progress: &mut dyn FnMut(usize, usize)) -> Result<Self> {
         let lm = (ck.lm_head_name() != EMBED).then(|| ck.lm_head_name());
         let (plan, offsets) = plan(ck.config(), ck.shared_layer(), lm);
         check_free(gpu, plan.size, "the weights")?;
@@ -342,21 +334,17 @@ fn upload(st: &mut Stager, ck: &Checkpoint, slot: &Slot, dst: u64) -> Result<()>
             let mut r0 = 0;
             while r0 < rows {
                 let r1 = (r0 + per).min(rows);
-                st.put_with(
-                    dst + (r0 * row_bytes) as u64,
-                    (r1 - r0) * row_bytes,
-                    |buf| {
-                        for r in r0..r1 {
-                            let src = if r < rows / 2 {
-                                2 * r
-                            } else {
-                                2 * (r - rows / 2) + 1
-                            };
-                            buf[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes]
-                                .copy_from_slice(&t.bytes[src * row_bytes..(src + 1) * row_bytes]);
-                        }
-                    },
-                )?;
+                st.put_with(dst + (r0 * row_bytes) as u64, (r1 - r0) * row_bytes, |buf| {
+                    for r in r0..r1 {
+                        let src = if r < rows / 2 {
+                            2 * r
+                        } else {
+                            2 * (r - rows / 2) + 1
+                        };
+                        buf[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes]
+                            .copy_from_slice(&t.bytes[src * row_bytes..(src + 1) * row_bytes]);
+                    }
+                })?;
                 r0 = r1;
             }
             Ok(())

@@ -8,9 +8,7 @@ use crate::error::{Result, ZambaError};
 /// Turns a CUDA driver error into the crate's error, naming what was being done.
 pub fn cu<T>(context: &str, r: std::result::Result<T, result::DriverError>) -> Result<T> {
     r.map_err(|e| match e.0 {
-        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => {
-            ZambaError::OutOfMemory(format!("{context}: {e:?}"))
-        }
+        sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY => ZambaError::OutOfMemory(format!("{context}: {e:?}")),
         _ => ZambaError::Cuda {
             context: context.to_string(),
             message: format!("{e:?}"),
@@ -38,9 +36,7 @@ impl DeviceBuf {
     pub fn zeroed(bytes: usize, what: &str) -> Result<Self> {
         let b = Self::new(bytes, what)?;
         // SAFETY: the range [ptr, ptr + bytes) was just allocated above.
-        cu("memset", unsafe {
-            result::memset_d8_sync(b.ptr, 0, b.bytes)
-        })?;
+        cu("memset", unsafe { result::memset_d8_sync(b.ptr, 0, b.bytes) })?;
         Ok(b)
     }
 
@@ -84,10 +80,7 @@ impl PinnedBuf {
     pub fn new(bytes: usize) -> Result<Self> {
         // SAFETY: cuMemHostAlloc returns a fresh allocation that this struct owns.
         let ptr = unsafe { result::malloc_host(bytes.max(1), 0) };
-        let ptr = cu(
-            &format!("allocating {bytes} bytes of pinned host memory"),
-            ptr,
-        )? as *mut u8;
+        let ptr = cu(&format!("allocating {bytes} bytes of pinned host memory"), ptr)? as *mut u8;
         Ok(PinnedBuf { ptr, bytes })
     }
 

@@ -62,8 +62,9 @@ pub struct Workspace {
     pub argmax: DeviceBuf,
 }
 
-/// (name, bytes) of every buffer, in one place so that `bytes` and `new` agree.
-fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -> Vec<usize> {
+/// (name, bytes) of every buffer, in one place so that `bytes` and `new` agree: `new` takes
+/// them in order and checks each name.
+fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -> Vec<(&'static str, usize)> {
     let (h, di, n) = (cfg.hidden_size, cfg.d_inner(), cfg.mamba_d_state);
     let xd = cfg.n_mamba_heads * cfg.x_proj_rows();
     let (q, kv, f, na, hd) = (
@@ -78,33 +79,33 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -
     let rows = logit_rows(cfg, m.max(slots));
     let bf = 2;
     vec![
-        m * h * bf,                   // e
-        m * h * bf,                   // h
-        m.max(slots) * h * bf,        // n
-        m * 2 * di * bf,              // xz
-        m * di * bf,                  // xc
-        m * xd * bf,                  // xdbl
-        m * di * bf,                  // dtr
-        m * di * bf,                  // y
-        chunks * di * n * 4,          // h_loc
-        chunks * di * n * 4,          // s_in
-        chunks * di * 4,              // dtsum
-        m * 2 * h * bf,               // a
-        m * (q + 2 * kv) * bf,        // qkv
-        m * q * bf,                   // attn
-        m * h * bf,                   // o
-        m * h * bf,                   // mo
-        m * 2 * f * bf,               // gu
-        m * f * bf,                   // act
-        m * h * bf,                   // t
-        m * h * bf,                   // tl
-        scores * 4,                   // scores
-        scores * bf,                  // probs
-        slots * na * splits * hd * 4, // part_acc
-        slots * na * splits * 2 * 4,  // part_ml
-        m.max(slots) * 4,             // rows
-        rows * cfg.vocab_size * 4,    // logits
-        m.max(slots) * 4,             // argmax
+        ("e", m * h * bf),
+        ("h", m * h * 4),
+        ("n", m.max(slots) * h * bf),
+        ("xz", m * 2 * di * bf),
+        ("xc", m * di * bf),
+        ("xdbl", m * xd * bf),
+        ("dtr", m * di * bf),
+        ("y", m * di * bf),
+        ("h_loc", chunks * di * n * 4),
+        ("s_in", chunks * di * n * 4),
+        ("dtsum", chunks * di * 4),
+        ("a", m * 2 * h * bf),
+        ("qkv", m * (q + 2 * kv) * bf),
+        ("attn", m * q * bf),
+        ("o", m * h * bf),
+        ("mo", m * h * bf),
+        ("gu", m * 2 * f * bf),
+        ("act", m * f * bf),
+        ("t", m * h * bf),
+        ("tl", m * h * bf),
+        ("scores", scores * 4),
+        ("probs", scores * bf),
+        ("part_acc", slots * na * splits * hd * 4),
+        ("part_ml", slots * na * splits * 2 * 4),
+        ("rows", m.max(slots) * 4),
+        ("logits", rows * cfg.vocab_size * 4),
+        ("argmax", m.max(slots) * 4),
     ]
 }
 
@@ -124,19 +125,17 @@ impl Workspace {
     /// Device bytes for a workspace of `m` rows, `slots` sequences and contexts up to `ctx`.
     pub fn bytes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> usize {
         let chunks = m.div_ceil(super::batch::SCAN_CHUNK) + slots;
-        sizes(cfg, m, slots, ctx, chunks).iter().sum()
+        sizes(cfg, m, slots, ctx, chunks).iter().map(|s| s.1).sum()
     }
 
-    pub fn new(
-        cfg: &ZambaConfig,
-        m: usize,
-        slots: usize,
-        ctx: usize,
-        chunks: usize,
-    ) -> Result<Self> {
+    pub fn new(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -> Result<Self> {
         let s = sizes(cfg, m, slots, ctx, chunks);
         let mut it = s.iter();
-        let mut next = |what: &str| DeviceBuf::new(*it.next().expect("one size per buffer"), what);
+        let mut next = |what: &str| {
+            let (name, bytes) = it.next().expect("one size per buffer");
+            assert_eq!(*name, what, "workspace buffers out of order");
+            DeviceBuf::new(*bytes, what)
+        };
         Ok(Workspace {
             e: next("e")?,
             h: next("h")?,
