@@ -57,6 +57,9 @@ impl ZambaConfig {
                 path: path.to_path_buf(),
                 reason,
             },
+            ZambaError::UnsupportedConfig(msg) => {
+                ZambaError::UnsupportedConfig(format!("{}: {msg}", path.display()))
+            }
             other => other,
         })
     }
