@@ -9,6 +9,7 @@ set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
 export PYTHONUNBUFFERED=1
+export ZAMBA_RUN_BIN=$PWD/.gpu/bin/zamba-run
 out=${OUT:-gpu-out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"

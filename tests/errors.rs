@@ -477,9 +477,11 @@ fn empty_token_list() {
 
 // ---- 9: the zamba-run command line ---------------------------------------------------------
 
-/// Runs `zamba-run logits --device cpu` with `model`, `input`, `key` and `out`.
+/// Runs `zamba-run logits --device cpu` with `model`, `input`, `key` and `out`. The binary is the
+/// one cargo built, or `ZAMBA_RUN_BIN` (the GPU machine runs copies from another folder).
 fn run_logits(model: &Path, input: &Path, key: &str, out: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_zamba-run"))
+    let exe = std::env::var("ZAMBA_RUN_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_zamba-run").to_string());
+    Command::new(exe)
         .arg("logits")
         .args(["--device", "cpu", "--key", key])
         .arg("--model")
