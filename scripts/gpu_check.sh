@@ -4,7 +4,7 @@
 # golden fixture), then a short benchmark at the 7B shape with random weights.
 # With `hf`: makes a random checkpoint with Zamba-7B-v1's exact config, runs HF transformers on it
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|sanitize|criterion|hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|ab|sanitize|criterion|hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -25,6 +25,13 @@ if has bench; then
   for args in "-p 512 -n 64 -b 1" "-p 2048 -n 16 -b 1" "-p 4000 -n 32 -b 1" "-p 512 -n 32 -b 64"; do
     echo "=== zamba-run bench --random $args"
     .gpu/bin/zamba-run bench --random $args 2>&1 | tee -a "$out/bench.log"
+  done
+fi
+if has ab; then
+  # The skinny-GEMM kernel against cuBLAS for the decode GEMMs, same binary, same run.
+  for env in "ZAMBA_NO_GEMV=1" "ZAMBA_NO_GEMV=0"; do
+    echo "=== $env zamba-run bench --random -p 512 -n 64"
+    env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
   done
 fi
 if has sanitize; then

@@ -820,3 +820,112 @@ fn argmax_takes_the_first_maximum() {
     // silu is used by the conv and gate; a sanity anchor for the CPU side of these tests.
     assert!((silu(1.0) - 0.731_058_6).abs() < 1e-6);
 }
+
+#[test]
+fn skinny_gemv_matches_cpu_for_every_decode_shape() {
+    let Some(g) = gpu_or_skip("gemv") else { return };
+    let mut rng = Rng(12);
+    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
+        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
+    };
+    // (M, N, K): in_proj, out_proj, qkv, gate_up, down_proj, lm_head — at batch 1, 3 and 8.
+    for (m, n, k) in [
+        (1, 2 * DI, H),
+        (3, H, DI),
+        (1, 3 * 2 * H, 2 * H),
+        (8, 2 * F, H),
+        (2, H, F),
+        (1, 32000, H),
+    ] {
+        let x = rng.bf16_vec(m * k, -1.0, 1.0);
+        let w = rng.bf16_vec(n * k, -0.05, 0.05);
+        let (dx, dw) = (up_bf16(&g, &x), up_bf16(&g, &w));
+        let want = matmul(&x, m, &to_mat(n, k, &w));
+        let y = poisoned(&g, m * n * 2);
+        assert!(
+            g.gemv(&Gemm::linear(dx.ptr(), dw.ptr(), y.ptr(), m, n, k))
+                .unwrap(),
+            "gemv path taken"
+        );
+        assert_close(
+            &format!("gemv {m}x{n}x{k}"),
+            &down_bf16(&g, y.ptr(), m * n),
+            &want,
+            1e-3,
+            BF16_RTOL,
+        );
+        // fp32 output accumulated onto the residual stream.
+        let y0 = rng.f32_vec(m * n, -1.0, 1.0);
+        let dy = up_f32(&g, &y0);
+        let acc = Gemm {
+            beta: 1.0,
+            y_f32: true,
+            ..Gemm::linear(dx.ptr(), dw.ptr(), dy.ptr(), m, n, k)
+        };
+        assert!(g.gemv(&acc).unwrap());
+        let want2: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        assert_close(
+            &format!("gemv+residual {m}x{n}x{k}"),
+            &down_f32(&g, dy.ptr(), m * n),
+            &want2,
+            1e-4,
+            1e-4,
+        );
+    }
+    // Batched over the two mamba heads: x_proj (K = 3712) and dt_proj (K = 232) with strides.
+    let m = 3;
+    let xc = rng.bf16_vec(m * DI, -1.0, 1.0);
+    let wx = rng.bf16_vec(NH * XR * DH, -0.05, 0.05);
+    let (dxc, dwx) = (up_bf16(&g, &xc), up_bf16(&g, &wx));
+    let xd = poisoned(&g, m * NH * XR * 2);
+    let xproj = Gemm {
+        ldx: DI,
+        ldw: DH,
+        ldy: NH * XR,
+        batch: NH,
+        stride_x: DH,
+        stride_w: XR * DH,
+        stride_y: XR,
+        ..Gemm::linear(dxc.ptr(), dwx.ptr(), xd.ptr(), m, XR, DH)
+    };
+    assert!(g.gemv(&xproj).unwrap());
+    let got = down_bf16(&g, xd.ptr(), m * NH * XR);
+    let wdt = rng.bf16_vec(NH * DH * R, -0.1, 0.1);
+    let dwdt = up_bf16(&g, &wdt);
+    let dtr = poisoned(&g, m * DI * 2);
+    let dtproj = Gemm {
+        ldx: NH * XR,
+        ldw: R,
+        ldy: DI,
+        batch: NH,
+        stride_x: XR,
+        stride_w: DH * R,
+        stride_y: DH,
+        ..Gemm::linear(xd.ptr(), dwdt.ptr(), dtr.ptr(), m, DH, R)
+    };
+    assert!(g.gemv(&dtproj).unwrap());
+    let got_dt = down_bf16(&g, dtr.ptr(), m * DI);
+    for hh in 0..NH {
+        let xh: Vec<f32> = (0..m)
+            .flat_map(|t| xc[t * DI + hh * DH..t * DI + (hh + 1) * DH].to_vec())
+            .collect();
+        let want = matmul(&xh, m, &to_mat(XR, DH, &wx[hh * XR * DH..(hh + 1) * XR * DH]));
+        let goth: Vec<f32> = (0..m)
+            .flat_map(|t| got[t * NH * XR + hh * XR..t * NH * XR + (hh + 1) * XR].to_vec())
+            .collect();
+        assert_close("gemv x_proj batched", &goth, &want, 1e-3, BF16_RTOL);
+        // dt_proj reads the dt_low columns of what the GPU wrote.
+        let dtl: Vec<f32> = (0..m)
+            .flat_map(|t| got[t * NH * XR + hh * XR..t * NH * XR + hh * XR + R].to_vec())
+            .collect();
+        let want = matmul(&dtl, m, &to_mat(DH, R, &wdt[hh * DH * R..(hh + 1) * DH * R]));
+        let goth: Vec<f32> = (0..m)
+            .flat_map(|t| got_dt[t * DI + hh * DH..t * DI + (hh + 1) * DH].to_vec())
+            .collect();
+        assert_close("gemv dt_proj batched", &goth, &want, 1e-3, BF16_RTOL);
+    }
+    // Shapes it does not take go to cuBLAS.
+    assert!(!g
+        .gemv(&Gemm::linear(dxc.ptr(), dwx.ptr(), xd.ptr(), 9, XR, DH))
+        .unwrap());
+}

@@ -95,6 +95,8 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, sys::CUfunction>,
+    /// Route skinny GEMMs to csrc/gemv.cu (off with ZAMBA_NO_GEMV=1, to compare with cuBLAS).
+    pub use_gemv: bool,
 }
 
 /// Every kernel in csrc/, looked up once at start-up.
@@ -114,6 +116,7 @@ const KERNELS: &[&str] = &[
     "attn_decode",
     "attn_decode_combine",
     "argmax_rows",
+    "gemv_bf16",
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];
@@ -143,6 +146,7 @@ impl Gpu {
             stream,
             _module: module,
             functions,
+            use_gemv: std::env::var("ZAMBA_NO_GEMV").map_or(true, |v| v != "1"),
         })
     }
 

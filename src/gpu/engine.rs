@@ -15,7 +15,7 @@ use super::attention;
 use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
-use super::gemm::{Blas, Gemm};
+use super::gemm::{self, Blas, Gemm};
 use super::kernels::ScanArgs;
 use super::loader::{check_free, GpuWeights};
 use super::workspace::Workspace;
@@ -155,8 +155,11 @@ impl GpuModel {
             if lw.linear != 0 {
                 self.shared_block(hybrid, entries, decode)?;
                 let (ws, g) = (&self.ws, &self.gpu);
-                self.blas
-                    .gemm(&Gemm::linear(ws.t.ptr(), lw.linear, ws.tl.ptr(), m, h, h))?;
+                gemm::run(
+                    &self.gpu,
+                    &self.blas,
+                    &Gemm::linear(ws.t.ptr(), lw.linear, ws.tl.ptr(), m, h, h),
+                )?;
                 g.rmsnorm(
                     ws.h.ptr(),
                     true,
@@ -176,7 +179,11 @@ impl GpuModel {
             }
             let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
             // in_proj (rows permuted at load): xz = [x | z], each DI wide.
-            blas.gemm(&Gemm::linear(ws.n.ptr(), lw.in_proj, ws.xz.ptr(), m, 2 * di, h))?;
+            gemm::run(
+                g,
+                blas,
+                &Gemm::linear(ws.n.ptr(), lw.in_proj, ws.xz.ptr(), m, 2 * di, h),
+            )?;
             let conv = self.states.conv_at(i);
             if decode {
                 g.conv1d_update(
@@ -207,27 +214,35 @@ impl GpuModel {
                 g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
             }
             // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
-            blas.gemm(&Gemm {
-                ldx: di,
-                ldw: dh,
-                ldy: nh * xr,
-                batch: nh,
-                stride_x: dh,
-                stride_w: xr * dh,
-                stride_y: xr,
-                ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
-            })?;
+            gemm::run(
+                g,
+                blas,
+                &Gemm {
+                    ldx: di,
+                    ldw: dh,
+                    ldy: nh * xr,
+                    batch: nh,
+                    stride_x: dh,
+                    stride_w: xr * dh,
+                    stride_y: xr,
+                    ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
+                },
+            )?;
             // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
-            blas.gemm(&Gemm {
-                ldx: nh * xr,
-                ldw: r,
-                ldy: di,
-                batch: nh,
-                stride_x: xr,
-                stride_w: dh * r,
-                stride_y: dh,
-                ..Gemm::linear(ws.xdbl.ptr(), lw.dt_proj, ws.dtr.ptr(), m, dh, r)
-            })?;
+            gemm::run(
+                g,
+                blas,
+                &Gemm {
+                    ldx: nh * xr,
+                    ldw: r,
+                    ldy: di,
+                    batch: nh,
+                    stride_x: xr,
+                    stride_w: dh * r,
+                    stride_y: dh,
+                    ..Gemm::linear(ws.xdbl.ptr(), lw.dt_proj, ws.dtr.ptr(), m, dh, r)
+                },
+            )?;
             let scan = ScanArgs {
                 u: ws.xc.ptr(),
                 dtr: ws.dtr.ptr(),
@@ -266,11 +281,15 @@ impl GpuModel {
                 g.scan_chunk_output(&scan, &meta, ssm, ws.s_in.ptr(), ws.y.ptr(), nc)?;
             }
             // out_proj, added onto the fp32 residual stream: h = h + y · out_projᵀ.
-            blas.gemm(&Gemm {
-                beta: 1.0,
-                y_f32: true,
-                ..Gemm::linear(ws.y.ptr(), lw.out_proj, ws.h.ptr(), m, h, di)
-            })?;
+            gemm::run(
+                g,
+                blas,
+                &Gemm {
+                    beta: 1.0,
+                    y_f32: true,
+                    ..Gemm::linear(ws.y.ptr(), lw.out_proj, ws.h.ptr(), m, h, di)
+                },
+            )?;
         }
         Ok(())
     }
@@ -302,7 +321,11 @@ impl GpuModel {
             h,
             eps,
         )?;
-        blas.gemm(&Gemm::linear(ws.a.ptr(), sw.qkv, ws.qkv.ptr(), m, ldqkv, 2 * h))?;
+        gemm::run(
+            g,
+            blas,
+            &Gemm::linear(ws.a.ptr(), sw.qkv, ws.qkv.ptr(), m, ldqkv, 2 * h),
+        )?;
         let (kc, vc) = (self.states.k_at(j), self.states.v_at(j));
         g.kv_append(ws.qkv.ptr(), ldqkv, q, &meta, kc, vc, m, nkv, hd, self.ctx)?;
         let dims = attention::Dims::of(cfg, self.ctx);
@@ -334,12 +357,16 @@ impl GpuModel {
             }
         }
         let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
-        blas.gemm(&Gemm::linear(ws.attn.ptr(), sw.o, ws.o.ptr(), m, h, q))?;
+        gemm::run(g, blas, &Gemm::linear(ws.attn.ptr(), sw.o, ws.o.ptr(), m, h, q))?;
         g.rmsnorm(ws.o.ptr(), false, 0, 0, 0, sw.ln_ff, ws.mo.ptr(), m, h, 0, eps)?;
         let f = cfg.intermediate_size;
-        blas.gemm(&Gemm::linear(ws.mo.ptr(), sw.gate_up, ws.gu.ptr(), m, 2 * f, h))?;
+        gemm::run(
+            g,
+            blas,
+            &Gemm::linear(ws.mo.ptr(), sw.gate_up, ws.gu.ptr(), m, 2 * f, h),
+        )?;
         g.gelu_mul(ws.gu.ptr(), ws.act.ptr(), m, f)?;
-        blas.gemm(&Gemm::linear(ws.act.ptr(), sw.down, ws.t.ptr(), m, h, f))
+        gemm::run(g, blas, &Gemm::linear(ws.act.ptr(), sw.down, ws.t.ptr(), m, h, f))
     }
 
     /// Final norm of the chosen rows, then lm_head into ws.logits (fp32 `[rows, vocab]`).
@@ -360,17 +387,21 @@ impl GpuModel {
             0,
             cfg.rms_norm_eps,
         )?;
-        self.blas.gemm(&Gemm {
-            y_f32: true,
-            ..Gemm::linear(
-                ws.n.ptr(),
-                self.w.lm_head,
-                ws.logits.ptr(),
-                rows.len(),
-                cfg.vocab_size,
-                cfg.hidden_size,
-            )
-        })?;
+        gemm::run(
+            &self.gpu,
+            &self.blas,
+            &Gemm {
+                y_f32: true,
+                ..Gemm::linear(
+                    ws.n.ptr(),
+                    self.w.lm_head,
+                    ws.logits.ptr(),
+                    rows.len(),
+                    cfg.vocab_size,
+                    cfg.hidden_size,
+                )
+            },
+        )?;
         // rows_i32 is pageable: the copy above completed before htod returned.
         g.sync()
     }

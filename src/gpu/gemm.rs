@@ -205,3 +205,11 @@ impl Drop for Blas {
         }
     }
 }
+
+/// Runs `g` with the skinny-GEMM kernel when it applies (decode: at most 8 rows), else cuBLAS.
+pub fn run(gpu: &Gpu, blas: &Blas, g: &Gemm) -> Result<()> {
+    if !gpu.gemv(g)? {
+        blas.gemm(g)?;
+    }
+    Ok(())
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::too_many_arguments)]
 
 use super::device::{Args, Gpu};
+use super::gemm::Gemm;
 use crate::error::Result;
 
 /// Mirrors `ScanArgs` in csrc/scan.cu (field order and C layout must match).
@@ -406,5 +407,45 @@ impl Gpu {
             256,
             &mut a,
         )
+    }
+
+    /// Runs `g` with the skinny bandwidth-bound kernel (csrc/gemv.cu) when it fits: at most 8
+    /// rows, a Linear weight (`[N, K]`, dense rows), K a multiple of 8 and 16-byte aligned rows,
+    /// alpha 1 and beta 0 or 1. Returns false (and does nothing) otherwise.
+    pub fn gemv(&self, g: &Gemm) -> Result<bool> {
+        let aligned = |addr: u64| addr % 16 == 0;
+        let fits = g.m >= 1
+            && g.m <= 8
+            && g.w_rows_are_outputs
+            && g.ldw == g.k
+            && g.k % 8 == 0
+            && g.ldx % 8 == 0
+            && g.stride_x % 8 == 0
+            && g.stride_w % 8 == 0
+            && aligned(g.x)
+            && aligned(g.w)
+            && g.alpha == 1.0
+            && (g.beta == 0.0 || g.beta == 1.0);
+        if !fits || !self.use_gemv {
+            return Ok(false);
+        }
+        let rows_per_block = 16;
+        let mut a = Args::new();
+        a.push(g.x)
+            .push(i(g.ldx))
+            .push(g.stride_x as i64)
+            .push(g.w)
+            .push(g.stride_w as i64)
+            .push(g.y)
+            .push(i(g.ldy))
+            .push(g.stride_y as i64)
+            .push(i(g.m))
+            .push(i(g.n))
+            .push(i(g.k))
+            .push(i32::from(g.y_f32))
+            .push(i32::from(g.beta == 1.0));
+        let grid = (blocks(g.n, rows_per_block), g.batch.max(1) as u32, 1);
+        self.launch("gemv_bf16", grid, 256, &mut a)?;
+        Ok(true)
     }
 }
