@@ -2,7 +2,7 @@
 #include "common.cuh"
 
 // Greedy token: out[r] = argmax_j x[r, j] (the first index on ties; NaN never wins).
-// Launch: grid (rows), block 256.
+// Launch: grid (rows), block 1024 (any power of two up to 1024).
 extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restrict__ out, int V) {
     const float* row = x + (size_t)blockIdx.x * V;
     float best = -INFINITY;
@@ -11,8 +11,8 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restr
         const float v = row[j];
         if (v > best || (v == best && j < idx)) { best = v; idx = j; }
     }
-    __shared__ float sv[256];
-    __shared__ int si[256];
+    __shared__ float sv[1024];
+    __shared__ int si[1024];
     sv[threadIdx.x] = best;
     si[threadIdx.x] = idx;
     __syncthreads();

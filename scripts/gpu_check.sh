@@ -29,7 +29,7 @@ if has bench; then
 fi
 if has ab; then
   # The skinny-GEMM kernel against cuBLAS for the decode GEMMs, same binary, same run.
-  for env in "ZAMBA_NO_GEMV=1" "ZAMBA_NO_GEMV=0"; do
+  for env in "ZAMBA_GEMV=0" "ZAMBA_GEMV=1"; do
     echo "=== $env zamba-run bench --random -p 512 -n 64"
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
   done

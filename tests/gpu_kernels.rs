@@ -823,7 +823,8 @@ fn argmax_takes_the_first_maximum() {
 
 #[test]
 fn skinny_gemv_matches_cpu_for_every_decode_shape() {
-    let Some(g) = gpu_or_skip("gemv") else { return };
+    let Some(mut g) = gpu_or_skip("gemv") else { return };
+    g.use_gemv = true;
     let mut rng = Rng(12);
     let to_mat = |rows: usize, cols: usize, v: &[f32]| {
         Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())

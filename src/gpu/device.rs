@@ -95,7 +95,8 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, sys::CUfunction>,
-    /// Route skinny GEMMs to csrc/gemv.cu (off with ZAMBA_NO_GEMV=1, to compare with cuBLAS).
+    /// Route skinny GEMMs to csrc/gemv.cu instead of cuBLAS. Off unless ZAMBA_GEMV=1: on the H200
+    /// it is still slower than cuBLAS for decode (BENCHMARKS.md).
     pub use_gemv: bool,
 }
 
@@ -146,7 +147,7 @@ impl Gpu {
             stream,
             _module: module,
             functions,
-            use_gemv: std::env::var("ZAMBA_NO_GEMV").map_or(true, |v| v != "1"),
+            use_gemv: std::env::var("ZAMBA_GEMV").is_ok_and(|v| v == "1"),
         })
     }
 

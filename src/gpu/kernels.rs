@@ -103,7 +103,9 @@ impl Gpu {
             .push(i(d1))
             .push(i(d2))
             .push(eps);
-        self.launch("rmsnorm", (n_rows as u32, 1, 1), 256, &mut a)
+        // One block per row: a wide block for long rows, so that one row is not a long serial loop.
+        let threads = if d1 + d2 >= 2048 { 1024 } else { 256 };
+        self.launch("rmsnorm", (n_rows as u32, 1, 1), threads, &mut a)
     }
 
     pub fn gelu_mul(&self, gu: u64, out: u64, m: usize, f: usize) -> Result<()> {
@@ -382,7 +384,7 @@ impl Gpu {
     pub fn argmax_rows(&self, x: u64, out: u64, rows: usize, v: usize) -> Result<()> {
         let mut a = Args::new();
         a.push(x).push(out).push(i(v));
-        self.launch("argmax_rows", (rows as u32, 1, 1), 256, &mut a)
+        self.launch("argmax_rows", (rows as u32, 1, 1), 1024, &mut a)
     }
 
     /// Fills `n` bf16 values with `offset + scale·U(-1, 1)` from a hash of (seed, index).
@@ -429,7 +431,7 @@ impl Gpu {
         if !fits || !self.use_gemv {
             return Ok(false);
         }
-        let rows_per_block = 16;
+        let rows_per_block = 4; // GEMV_ROWS in csrc/gemv.cu
         let mut a = Args::new();
         a.push(g.x)
             .push(i(g.ldx))
