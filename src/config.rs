@@ -373,4 +373,31 @@ mod tests {
         assert_eq!(cfg.hybrid_slot(14), None);
         assert!((cfg.attention_scale() - 0.065_653_22).abs() < 1e-7);
     }
+
+    #[test]
+    fn explicit_plan_in_either_spelling_and_gqa() {
+        let list = |mamba: &str| {
+            let kinds: Vec<String> = (0..5)
+                .map(|i| format!("\"{}\"", if i == 2 { "hybrid" } else { mamba }))
+                .collect();
+            format!(
+                r#"{{"model_type": "zamba", "num_hidden_layers": 5, "num_attention_heads": 16,
+                    "num_key_value_heads": 4, "layers_block_type": [{}]}}"#,
+                kinds.join(",")
+            )
+        };
+        for spelling in ["mamba", "linear_attention"] {
+            let cfg = ZambaConfig::from_json_str(&list(spelling)).unwrap();
+            assert_eq!(cfg.hybrid_layers(), vec![2]);
+            assert_eq!(cfg.kv_width(), 4 * 464);
+        }
+        let err = ZambaConfig::from_json_str(&list("attention"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("layers_block_type[0]"), "{err}");
+        let err = ZambaConfig::from_json_str(r#"{"model_type": "zamba", "num_key_value_heads": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not divide num_attention_heads"), "{err}");
+    }
 }

@@ -159,3 +159,56 @@ fn token_ids_past_the_vocabulary_are_an_error() {
     );
     assert_eq!(m.seq_len(0), 0, "a rejected batch must not change the state");
 }
+
+#[test]
+fn shared_block_may_live_under_any_single_hybrid_layer() {
+    // Rename model.layers.2.shared_transf.* to model.layers.7.shared_transf.* (the other hybrid
+    // layer): the model must load it from there and compute the same logits.
+    let src = zamba::safetensors_file::SafetensorsFile::open(&tiny_a().join("model.safetensors")).unwrap();
+    let dir = common::temp_dir("shared-at-7");
+    std::fs::copy(tiny_a().join("config.json"), dir.join("config.json")).unwrap();
+    let owned: Vec<(String, zamba::safetensors_file::TensorRef)> = src
+        .tensors()
+        .keys()
+        .map(|k| {
+            (
+                k.replace("layers.2.shared_transf.", "layers.7.shared_transf."),
+                src.get(k).unwrap(),
+            )
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(k, t)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::BF16, t.shape.to_vec(), t.bytes)
+                .unwrap();
+            (k.clone(), v)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let ck = Checkpoint::open(&dir).unwrap();
+    assert_eq!(ck.shared_layer(), 7);
+    let mut moved = CpuModel::load(&ck, 1, None).unwrap();
+    let mut orig = model(1);
+    let tokens = [1u32, 500, 900, 31000];
+    let a = moved
+        .forward(
+            &[SeqInput {
+                slot: 0,
+                tokens: &tokens,
+            }],
+            Logits::All,
+        )
+        .unwrap();
+    let b = orig
+        .forward(
+            &[SeqInput {
+                slot: 0,
+                tokens: &tokens,
+            }],
+            Logits::All,
+        )
+        .unwrap();
+    assert_eq!(a, b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
