@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use zamba::cpu::CpuModel;
 use zamba::gpu::{GpuModel, GpuOptions};
-use zamba::model::{Model, SeqInput};
+use zamba::model::Model;
 use zamba::tokenizer::ZambaTokenizer;
 use zamba::weights::Checkpoint;
 
@@ -45,29 +45,11 @@ fn main() -> zamba::Result<()> {
         .iter()
         .map(|p| tok.encode(p))
         .collect::<zamba::Result<_>>()?;
-    // One batched prefill: each prompt goes to its own slot (its own SSM, conv and KV state).
-    let batch: Vec<SeqInput> = ids
-        .iter()
-        .enumerate()
-        .map(|(slot, t)| SeqInput { slot, tokens: t })
-        .collect();
-    let mut next = model.forward_greedy(&batch)?;
-    let mut out: Vec<Vec<u32>> = vec![Vec::new(); slots];
-    for _ in 0..16 {
-        for (o, t) in out.iter_mut().zip(&next) {
-            o.push(*t);
-        }
-        // One decode step for all sequences at once.
-        let step: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let batch: Vec<SeqInput> = step
-            .iter()
-            .enumerate()
-            .map(|(slot, t)| SeqInput { slot, tokens: t })
-            .collect();
-        next = model.forward_greedy(&batch)?;
-    }
-    for (p, o) in prompts.iter().zip(&out) {
-        println!("{p:?} -> {:?}", tok.decode(o, true)?);
+    // One batched prefill (each prompt in its own slot, with its own SSM, conv and KV state),
+    // then one batched decode step per new token.
+    let out = zamba::generate::greedy_batch(model.as_mut(), &ids, 16)?;
+    for ((p, prompt_ids), o) in prompts.iter().zip(&ids).zip(&out) {
+        println!("{p:?} -> {:?}", tok.decode(&o[prompt_ids.len()..], true)?);
     }
     Ok(())
 }

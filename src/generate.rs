@@ -122,3 +122,38 @@ pub fn generate_ids(
         decode_time,
     })
 }
+
+/// Greedy decoding of several prompts at once: prompt i goes to slot i (reset first), one batched
+/// prefill, then batched one-token decode steps. Returns each prompt followed by its `new_tokens`
+/// greedy tokens. The argmax is taken on the device where the backend can.
+pub fn greedy_batch(model: &mut dyn Model, prompts: &[Vec<u32>], new_tokens: usize) -> Result<Vec<Vec<u32>>> {
+    let mut out = prompts.to_vec();
+    if new_tokens == 0 {
+        return Ok(out);
+    }
+    for slot in 0..prompts.len() {
+        model.reset(slot)?;
+    }
+    let batch: Vec<SeqInput> = prompts
+        .iter()
+        .enumerate()
+        .map(|(slot, p)| SeqInput { slot, tokens: p })
+        .collect();
+    let mut next = model.forward_greedy(&batch)?;
+    for step in 1..=new_tokens {
+        for (o, t) in out.iter_mut().zip(&next) {
+            o.push(*t);
+        }
+        if step == new_tokens {
+            break;
+        }
+        let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let batch: Vec<SeqInput> = ids
+            .iter()
+            .enumerate()
+            .map(|(slot, t)| SeqInput { slot, tokens: t })
+            .collect();
+        next = model.forward_greedy(&batch)?;
+    }
+    Ok(out)
+}

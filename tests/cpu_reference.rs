@@ -4,6 +4,7 @@ mod common;
 
 use common::{diff, golden, golden_ids, tiny_a};
 use zamba::cpu::CpuModel;
+use zamba::generate::greedy_batch;
 use zamba::model::{Logits, Model, SeqInput};
 use zamba::weights::Checkpoint;
 
@@ -48,28 +49,7 @@ fn greedy_decoding_with_caches_reproduces_generated_ids() {
     let want = golden_ids(&g, "generated_ids");
     let mut m = model(2);
     // Both sequences share each forward: a batched prefill, then batched one-token decode steps.
-    let batch: Vec<SeqInput> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| SeqInput { slot: i, tokens: p })
-        .collect();
-    let mut next = m.forward_greedy(&batch).unwrap();
-    let mut got: Vec<Vec<u32>> = prompts.clone();
-    while got[0].len() < want[0].len() {
-        for (g, t) in got.iter_mut().zip(&next) {
-            g.push(*t);
-        }
-        if got[0].len() == want[0].len() {
-            break;
-        }
-        let steps: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let batch: Vec<SeqInput> = steps
-            .iter()
-            .enumerate()
-            .map(|(i, t)| SeqInput { slot: i, tokens: t })
-            .collect();
-        next = m.forward_greedy(&batch).unwrap();
-    }
+    let got = greedy_batch(&mut m, &prompts, want[0].len() - prompts[0].len()).unwrap();
     assert_eq!(got, want);
     assert_eq!(m.seq_len(0), want[0].len() - 1);
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{diff, golden, golden_ids, have_gpu, tiny_a};
+use zamba::generate::greedy_batch;
 use zamba::gpu::{GpuModel, GpuOptions};
 use zamba::model::{argmax, Logits, Model, SeqInput};
 use zamba::weights::Checkpoint;
@@ -67,28 +68,7 @@ fn greedy_decoding_reproduces_hf_generated_ids() {
         slots: 2,
         ..Default::default()
     });
-    let mut got = prompts.clone();
-    let batch: Vec<SeqInput> = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| SeqInput { slot: i, tokens: p })
-        .collect();
-    let mut next = m.forward_greedy(&batch).unwrap();
-    loop {
-        for (row, t) in got.iter_mut().zip(&next) {
-            row.push(*t);
-        }
-        if got[0].len() == want[0].len() {
-            break;
-        }
-        let steps: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-        let batch: Vec<SeqInput> = steps
-            .iter()
-            .enumerate()
-            .map(|(i, t)| SeqInput { slot: i, tokens: t })
-            .collect();
-        next = m.forward_greedy(&batch).unwrap();
-    }
+    let got = greedy_batch(&mut m, &prompts, want[0].len() - prompts[0].len()).unwrap();
     assert_eq!(got, want);
 }
 
