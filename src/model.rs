@@ -83,11 +83,8 @@ pub fn check_batch(
     }
     let mut seen = vec![false; num_slots];
     for (i, s) in batch.iter().enumerate() {
-        if s.slot >= num_slots {
-            return Err(ZambaError::InvalidInput(format!(
-                "batch entry {i}: slot {} does not exist (the model has {num_slots} slots)",
-                s.slot
-            )));
+        if let Some(msg) = no_such_slot(s.slot, num_slots) {
+            return Err(ZambaError::InvalidInput(format!("batch entry {i}: {msg}")));
         }
         if std::mem::replace(&mut seen[s.slot], true) {
             return Err(ZambaError::InvalidInput(format!(
@@ -114,4 +111,14 @@ pub fn check_batch(
         }
     }
     Ok(())
+}
+
+/// Checks that `slot` is one of the model's `num_slots` slots.
+pub fn check_slot(slot: usize, num_slots: usize) -> Result<()> {
+    no_such_slot(slot, num_slots).map_or(Ok(()), |msg| Err(ZambaError::InvalidInput(msg)))
+}
+
+/// The complaint about a slot outside 0..num_slots, if it is.
+fn no_such_slot(slot: usize, num_slots: usize) -> Option<String> {
+    (slot >= num_slots).then(|| format!("slot {slot} does not exist (the model has {num_slots} slots)"))
 }

@@ -10,7 +10,7 @@ pub mod ops;
 
 use crate::config::{LayerKind, ZambaConfig};
 use crate::error::Result;
-use crate::model::{check_batch, Logits, Model, SeqInput};
+use crate::model::{check_batch, check_slot, Logits, Model, SeqInput};
 use crate::weights::{linear_name, mamba_names, shared_names, Checkpoint, EMBED, FINAL_NORM};
 use attention::{AttnShape, KvCache, SharedWeights};
 use mamba::{MambaState, MambaWeights};
@@ -168,6 +168,12 @@ impl CpuModel {
             self.max_context,
             |s| self.slots[s].len,
         )?;
+        Ok(self.run(slot, tokens, true, Logits::All))
+    }
+
+    /// The forward of one checked sequence. Keeps the per-layer hidden states only when `trace`
+    /// asks for them, and runs lm_head on the last position only for [`Logits::Last`].
+    fn run(&mut self, slot: usize, tokens: &[u32], trace: bool, want: Logits) -> Trace {
         let cfg = &self.cfg;
         let (hs, t_len, eps) = (cfg.hidden_size, tokens.len(), cfg.rms_norm_eps);
         let shape = self.attn_shape();
@@ -177,7 +183,10 @@ impl CpuModel {
             .flat_map(|&t| self.embed.row_f32(t as usize))
             .collect();
         let mut h = e.clone();
-        let mut hidden = vec![h.clone()];
+        let mut hidden = Vec::new();
+        if trace {
+            hidden.push(h.clone());
+        }
         let mut hybrid_idx = 0;
         for (i, layer) in self.layers.iter().enumerate() {
             let normed = match &self.linear[i] {
@@ -202,15 +211,26 @@ impl CpuModel {
             for (a, b) in h.iter_mut().zip(&out) {
                 *a += b;
             }
-            hidden.push(h.clone());
+            if trace {
+                hidden.push(h.clone());
+            }
         }
         state.len += t_len;
         let normed = rmsnorm(&h, &self.final_norm, eps);
-        // HF's last hidden state is the normed one, in place of the last layer's raw output.
-        *hidden.last_mut().expect("at least one layer") = normed.clone();
-        let logits = matmul(&normed, t_len, self.lm_head.as_ref().unwrap_or(&self.embed));
-        debug_assert_eq!(normed.len(), t_len * hs);
-        Ok(Trace { hidden, logits })
+        if trace {
+            // HF's last hidden state is the normed one, in place of the last layer's raw output.
+            *hidden.last_mut().expect("at least one layer") = normed.clone();
+        }
+        let rows = match want {
+            Logits::All => &normed[..],
+            Logits::Last => &normed[(t_len - 1) * hs..],
+        };
+        let logits = matmul(
+            rows,
+            rows.len() / hs,
+            self.lm_head.as_ref().unwrap_or(&self.embed),
+        );
+        Trace { hidden, logits }
     }
 }
 
@@ -232,13 +252,7 @@ impl Model for CpuModel {
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
-        check_batch(
-            &self.cfg,
-            &[SeqInput { slot, tokens: &[0] }],
-            self.slots.len(),
-            usize::MAX,
-            |_| 0,
-        )?;
+        check_slot(slot, self.slots.len())?;
         self.slots[slot] = self.empty_state();
         Ok(())
     }
@@ -247,16 +261,9 @@ impl Model for CpuModel {
         check_batch(&self.cfg, batch, self.slots.len(), self.max_context, |s| {
             self.slots[s].len
         })?;
-        let v = self.cfg.vocab_size;
-        batch
+        Ok(batch
             .iter()
-            .map(|s| {
-                let trace = self.forward_traced(s.slot, s.tokens)?;
-                Ok(match logits {
-                    Logits::All => trace.logits,
-                    Logits::Last => trace.logits[(s.tokens.len() - 1) * v..].to_vec(),
-                })
-            })
-            .collect()
+            .map(|s| self.run(s.slot, s.tokens, false, logits).logits)
+            .collect())
     }
 }

@@ -21,7 +21,7 @@ use super::loader::{check_free, GpuWeights};
 use super::workspace::Workspace;
 use crate::config::ZambaConfig;
 use crate::error::{Result, ZambaError};
-use crate::model::{check_batch, Logits, Model, SeqInput};
+use crate::model::{check_batch, check_slot, Logits, Model, SeqInput};
 use crate::weights::Checkpoint;
 
 /// Sizes the engine is built for.
@@ -511,12 +511,7 @@ impl Model for GpuModel {
     }
 
     fn reset(&mut self, slot: usize) -> Result<()> {
-        if slot >= self.opts.slots {
-            return Err(ZambaError::InvalidInput(format!(
-                "slot {slot} does not exist ({} slots)",
-                self.opts.slots
-            )));
-        }
+        check_slot(slot, self.opts.slots)?;
         self.states.reset(&self.gpu, slot)
     }
 
