@@ -4,7 +4,7 @@
 # golden fixture), then a short benchmark at the 7B shape with random weights.
 # With `hf`: makes a random checkpoint with Zamba-7B-v1's exact config, runs HF transformers on it
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|ab|sanitize|criterion|hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|sanitize|criterion|hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -27,9 +27,17 @@ if has bench; then
     .gpu/bin/zamba-run bench --random $args 2>&1 | tee -a "$out/bench.log"
   done
 fi
+if has gemv; then
+  # Every decode GEMM shape, cuBLAS against csrc/gemv.cu, at 1 and 4 activation rows.
+  for b in 1 4; do
+    echo "=== zamba-run bench --gemv-ab -b $b"
+    .gpu/bin/zamba-run bench --gemv-ab -b $b 2>&1 | tee -a "$out/gemv.log"
+  done
+fi
 if has ab; then
-  # The skinny-GEMM kernel against cuBLAS for the decode GEMMs, same binary, same run.
-  for env in "ZAMBA_GEMV=0" "ZAMBA_GEMV=1"; do
+  # Decode routes (same binary, same run): default (graph + our single-row GEMV), cuBLAS for
+  # every GEMM, no CUDA graph.
+  for env in "ZAMBA_GEMV=default" "ZAMBA_GEMV=0" "ZAMBA_GRAPH=0"; do
     echo "=== $env zamba-run bench --random -p 512 -n 64"
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
   done

@@ -40,6 +40,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Instead of the model bench: time every decode GEMM shape through cuBLAS and through
+    /// csrc/gemv.cu (batch rows `-b`), next to the copy bandwidth.
+    #[arg(long)]
+    pub gemv_ab: bool,
 }
 
 /// Measured ceilings of this GPU.
@@ -143,6 +147,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "prompt, batch and reps must be positive".into(),
         ));
     }
+    if a.gemv_ab {
+        return gemv_ab(a.batch);
+    }
     let ctx = a.prompt + a.gen + 1;
     let opts = GpuOptions {
         slots: a.batch,
@@ -199,7 +206,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 .enumerate()
                 .map(|(i, x)| SeqInput { slot: i, tokens: x })
                 .collect();
-            next = model.forward_greedy(&batch)?;
+            model.forward_greedy_into(&batch, &mut next)?;
         }
         let decode = t.elapsed().as_secs_f64();
         if rep > 0 {
@@ -265,6 +272,85 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 r.test, r.batch, r.tokens_per_s, r.roofline_pct
             );
         }
+    }
+    Ok(())
+}
+
+/// Times each decode GEMM of Zamba-7B (M = `m` activation rows) back to back in the stream, through
+/// cuBLAS and through our skinny kernel, with enough rotating weight copies (≥ 512 MB) that L2
+/// never holds them. Prints µs per call and the weight bytes per second.
+fn gemv_ab(m: usize) -> Result<()> {
+    use crate::gpu::GemvMode;
+    if m > 8 {
+        return Err(ZambaError::InvalidInput("--gemv-ab takes -b 1..=8".into()));
+    }
+    let mut gpu = Gpu::new(0)?;
+    let roof = measure_roofline(&gpu)?;
+    let blas = Blas::new(&gpu)?;
+    // (name, N, K, batch): per-head x_proj and dt_proj run batched over the 2 mamba heads.
+    let shapes = [
+        ("in_proj", 14848, 3712, 1),
+        ("out_proj", 3712, 7424, 1),
+        ("x_proj (2 heads)", 264, 3712, 2),
+        ("dt_proj (2 heads)", 3712, 232, 2),
+        ("qkv", 22272, 7424, 1),
+        ("o_proj / linear", 3712, 3712, 1),
+        ("gate_up", 29696, 3712, 1),
+        ("down", 3712, 14848, 1),
+        ("lm_head", 32000, 3712, 1),
+    ];
+    println!(
+        "copy bandwidth (measured now): {:.2} TB/s; M = {m}",
+        roof.copy_bytes_per_s / 1e12
+    );
+    println!("| GEMM | N × K × batch | MB | cuBLAS µs | cuBLAS % of copy | ours µs | ours % of copy |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (name, n, k, batch) in shapes {
+        let bytes = n * k * batch * 2;
+        let copies = (512usize << 20).div_ceil(bytes).clamp(2, 64);
+        let ws: Vec<DeviceBuf> = (0..copies)
+            .map(|_| DeviceBuf::new(bytes, "the GEMV bench"))
+            .collect::<Result<_>>()?;
+        for (i, w) in ws.iter().enumerate() {
+            gpu.fill_uniform_bf16(w.ptr(), bytes / 2, i as u64, -0.02, 0.02)?;
+        }
+        let x = DeviceBuf::new(m * k * batch * 2, "the GEMV bench")?;
+        let y = DeviceBuf::new(m * n * batch * 4, "the GEMV bench")?;
+        gpu.fill_uniform_bf16(x.ptr(), m * k * batch, 7, -1.0, 1.0)?;
+        let mut times = [0.0; 2];
+        for (slot, mode) in [GemvMode::Cublas, GemvMode::UpTo8].into_iter().enumerate() {
+            gpu.gemv_mode = mode;
+            let calls = 200;
+            let mut t = Vec::new();
+            for _ in 0..4 {
+                gpu.sync()?;
+                let s = Instant::now();
+                for c in 0..calls {
+                    let g = Gemm {
+                        batch,
+                        ldx: k * batch,
+                        stride_x: k,
+                        stride_w: n * k,
+                        ldy: n * batch,
+                        stride_y: n,
+                        ..Gemm::linear(x.ptr(), ws[c % copies].ptr(), y.ptr(), m, n, k)
+                    };
+                    crate::gpu::gemm::run(&gpu, &blas, &g)?;
+                }
+                gpu.sync()?;
+                t.push(s.elapsed().as_secs_f64() / calls as f64);
+            }
+            times[slot] = median(t[1..].to_vec());
+        }
+        let pct = |t: f64| 100.0 * bytes as f64 / t / roof.copy_bytes_per_s;
+        println!(
+            "| {name} | {n} × {k} × {batch} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            bytes as f64 / 1e6,
+            times[0] * 1e6,
+            pct(times[0]),
+            times[1] * 1e6,
+            pct(times[1])
+        );
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::error::Result;
-use crate::model::{Logits, Model, SeqInput};
+use crate::model::{Model, SeqInput};
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::tokenizer::ZambaTokenizer;
 
@@ -54,13 +54,23 @@ impl Generation {
 }
 
 /// Picks the next token after `tokens`: on the device when greedy, else from the logits.
-fn step(model: &mut dyn Model, sampler: &mut Sampler, slot: usize, tokens: &[u32]) -> Result<u32> {
+/// `logits` is reused from step to step.
+fn step(
+    model: &mut dyn Model,
+    sampler: &mut Sampler,
+    slot: usize,
+    tokens: &[u32],
+    logits: &mut Vec<f32>,
+) -> Result<u32> {
     let batch = [SeqInput { slot, tokens }];
     if sampler.is_greedy() {
-        Ok(model.forward_greedy(&batch)?[0])
+        let mut next = [0u32];
+        model.forward_greedy_into(&batch, &mut next)?;
+        Ok(next[0])
     } else {
-        let logits = model.forward(&batch, Logits::Last)?;
-        Ok(sampler.sample(&logits[0]))
+        logits.resize(model.config().vocab_size, 0.0);
+        model.forward_last_into(&batch, logits)?;
+        Ok(sampler.sample(logits))
     }
 }
 
@@ -93,8 +103,9 @@ pub fn generate_ids(
     let t0 = Instant::now();
     let mut time_to_first_token = Duration::ZERO;
     let mut next_input = prompt_ids.clone();
+    let mut logits = Vec::new();
     while new_ids.len() < opts.max_new_tokens {
-        let id = step(model, &mut sampler, opts.slot, &next_input)?;
+        let id = step(model, &mut sampler, opts.slot, &next_input, &mut logits)?;
         if new_ids.is_empty() {
             time_to_first_token = t0.elapsed();
         }
@@ -153,7 +164,7 @@ pub fn greedy_batch(model: &mut dyn Model, prompts: &[Vec<u32>], new_tokens: usi
             .enumerate()
             .map(|(slot, t)| SeqInput { slot, tokens: t })
             .collect();
-        next = model.forward_greedy(&batch)?;
+        model.forward_greedy_into(&batch, &mut next)?;
     }
     Ok(out)
 }

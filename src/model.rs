@@ -55,6 +55,36 @@ pub trait Model {
             .map(|l| argmax(l))
             .collect())
     }
+
+    /// Like `forward_greedy`, writing entry i's token into `next[i]` (`next.len() == batch.len()`).
+    /// On the CUDA engine a decode step (one token per entry) through this call allocates nothing.
+    fn forward_greedy_into(&mut self, batch: &[SeqInput], next: &mut [u32]) -> Result<()> {
+        check_out_len("next", next.len(), batch.len())?;
+        next.copy_from_slice(&self.forward_greedy(batch)?);
+        Ok(())
+    }
+
+    /// Like `forward` with [`Logits::Last`], writing entry i's logits into
+    /// `out[i·vocab..(i+1)·vocab]` (`out.len() == batch.len() · vocab`). On the CUDA engine a
+    /// decode step through this call allocates nothing.
+    fn forward_last_into(&mut self, batch: &[SeqInput], out: &mut [f32]) -> Result<()> {
+        let v = self.config().vocab_size;
+        check_out_len("out", out.len(), batch.len() * v)?;
+        for (o, l) in out.chunks_mut(v).zip(self.forward(batch, Logits::Last)?) {
+            o.copy_from_slice(&l);
+        }
+        Ok(())
+    }
+}
+
+/// The error for an output buffer of the wrong length.
+pub fn check_out_len(what: &str, got: usize, want: usize) -> Result<()> {
+    if got == want {
+        return Ok(());
+    }
+    Err(ZambaError::InvalidInput(format!(
+        "the output buffer `{what}` holds {got} values; this batch needs {want}"
+    )))
 }
 
 /// Index of the largest value (the first one on ties, like torch.argmax); NaN never wins.
@@ -81,12 +111,12 @@ pub fn check_batch(
     if batch.is_empty() {
         return Err(ZambaError::InvalidInput("empty batch".into()));
     }
-    let mut seen = vec![false; num_slots];
     for (i, s) in batch.iter().enumerate() {
         if let Some(msg) = no_such_slot(s.slot, num_slots) {
             return Err(ZambaError::InvalidInput(format!("batch entry {i}: {msg}")));
         }
-        if std::mem::replace(&mut seen[s.slot], true) {
+        // Pairwise (no allocation: this runs on every decode step; batches are at most `slots`).
+        if batch[..i].iter().any(|p| p.slot == s.slot) {
             return Err(ZambaError::InvalidInput(format!(
                 "batch entry {i}: slot {} appears twice",
                 s.slot

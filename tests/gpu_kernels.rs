@@ -15,7 +15,7 @@ use zamba::gpu::batch::{BatchBuffers, Entry};
 use zamba::gpu::gemm::{Blas, Gemm};
 use zamba::gpu::kernels::ScanArgs;
 use zamba::gpu::mem::DeviceBuf;
-use zamba::gpu::Gpu;
+use zamba::gpu::{GemvMode, Gpu};
 
 const H: usize = 3712;
 const DI: usize = 7424;
@@ -619,21 +619,29 @@ fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize
         split_len: 128,
     };
     let out = poisoned(g, m * q * 2);
+    // Decode runs twice: with just enough key splits, and with every split of the context (what
+    // a captured CUDA graph uses), whose extra splits see no keys; both must agree exactly.
+    let mut got_all_splits = None;
     if decode {
         let max_keys = es.iter().map(|e| e.past + 1).max().unwrap();
-        attention::decode(
-            g,
-            &dims,
-            dqkv.ptr(),
-            dk.ptr(),
-            dv.ptr(),
-            &bb.meta,
-            &scratch,
-            max_keys,
-            m,
-            out.ptr(),
-        )
-        .unwrap();
+        for n_splits in [splits, max_keys.div_ceil(128)] {
+            attention::decode(
+                g,
+                &dims,
+                dqkv.ptr(),
+                dk.ptr(),
+                dv.ptr(),
+                &bb.meta,
+                &scratch,
+                n_splits,
+                m,
+                out.ptr(),
+            )
+            .unwrap();
+            if n_splits == splits {
+                got_all_splits = Some(down_bf16(g, out.ptr(), m * q));
+            }
+        }
     } else {
         for e in &es {
             attention::prefill(
@@ -651,6 +659,9 @@ fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize
         }
     }
     let got = down_bf16(g, out.ptr(), m * q);
+    if let Some(all) = got_all_splits {
+        assert_eq!(all, got, "decode with empty key splits");
+    }
     let got_k = down_bf16(g, dk.ptr(), slots * kvw * ctx);
     for e in &es {
         // The cache as the CPU wants it: [positions, NKV·HD], old positions then the new rows.
@@ -824,7 +835,7 @@ fn argmax_takes_the_first_maximum() {
 #[test]
 fn skinny_gemv_matches_cpu_for_every_decode_shape() {
     let Some(mut g) = gpu_or_skip("gemv") else { return };
-    g.use_gemv = true;
+    g.gemv_mode = GemvMode::UpTo8;
     let mut rng = Rng(12);
     let to_mat = |rows: usize, cols: usize, v: &[f32]| {
         Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
@@ -836,6 +847,7 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
         (1, 3 * 2 * H, 2 * H),
         (8, 2 * F, H),
         (2, H, F),
+        (1, H, F),
         (1, 32000, H),
     ] {
         let x = rng.bf16_vec(m * k, -1.0, 1.0);
@@ -873,12 +885,26 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
             1e-4,
         );
     }
-    // Batched over the two mamba heads: x_proj (K = 3712) and dt_proj (K = 232) with strides.
-    let m = 3;
+    // Batched over the two mamba heads: x_proj (K = 3712) and dt_proj (K = 232) with strides,
+    // through the single-row kernel and the M ≤ 8 one.
+    for m in [1, 3] {
+        gemv_batched_heads(&g, &mut rng, m);
+    }
+    // Shapes it does not take go to cuBLAS.
+    let d = poisoned(&g, 16);
+    assert!(!g
+        .gemv(&Gemm::linear(d.ptr(), d.ptr(), d.ptr(), 9, XR, DH))
+        .unwrap());
+}
+
+fn gemv_batched_heads(g: &Gpu, rng: &mut Rng, m: usize) {
+    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
+        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
+    };
     let xc = rng.bf16_vec(m * DI, -1.0, 1.0);
     let wx = rng.bf16_vec(NH * XR * DH, -0.05, 0.05);
-    let (dxc, dwx) = (up_bf16(&g, &xc), up_bf16(&g, &wx));
-    let xd = poisoned(&g, m * NH * XR * 2);
+    let (dxc, dwx) = (up_bf16(g, &xc), up_bf16(g, &wx));
+    let xd = poisoned(g, m * NH * XR * 2);
     let xproj = Gemm {
         ldx: DI,
         ldw: DH,
@@ -890,10 +916,10 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
         ..Gemm::linear(dxc.ptr(), dwx.ptr(), xd.ptr(), m, XR, DH)
     };
     assert!(g.gemv(&xproj).unwrap());
-    let got = down_bf16(&g, xd.ptr(), m * NH * XR);
+    let got = down_bf16(g, xd.ptr(), m * NH * XR);
     let wdt = rng.bf16_vec(NH * DH * R, -0.1, 0.1);
-    let dwdt = up_bf16(&g, &wdt);
-    let dtr = poisoned(&g, m * DI * 2);
+    let dwdt = up_bf16(g, &wdt);
+    let dtr = poisoned(g, m * DI * 2);
     let dtproj = Gemm {
         ldx: NH * XR,
         ldw: R,
@@ -905,7 +931,7 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
         ..Gemm::linear(xd.ptr(), dwdt.ptr(), dtr.ptr(), m, DH, R)
     };
     assert!(g.gemv(&dtproj).unwrap());
-    let got_dt = down_bf16(&g, dtr.ptr(), m * DI);
+    let got_dt = down_bf16(g, dtr.ptr(), m * DI);
     for hh in 0..NH {
         let xh: Vec<f32> = (0..m)
             .flat_map(|t| xc[t * DI + hh * DH..t * DI + (hh + 1) * DH].to_vec())
@@ -925,8 +951,4 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
             .collect();
         assert_close("gemv dt_proj batched", &goth, &want, 1e-3, BF16_RTOL);
     }
-    // Shapes it does not take go to cuBLAS.
-    assert!(!g
-        .gemv(&Gemm::linear(dxc.ptr(), dwx.ptr(), xd.ptr(), 9, XR, DH))
-        .unwrap());
 }

@@ -134,7 +134,8 @@ pub fn prefill(
 }
 
 /// One query per sequence (row b of `qkv` for entry b) over its cache, whose length after this
-/// step is `meta.entry_seq_len[b]` (at most `max_keys`). Writes `out` rows (stride NA·HD).
+/// step is `meta.entry_seq_len[b]` (at most `n_splits · split_len`; splits past a sequence's
+/// length see no keys and drop out of the combine). Writes `out` rows (stride NA·HD).
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
@@ -144,11 +145,10 @@ pub fn decode(
     vc: u64,
     meta: &BatchMeta,
     s: &Scratch,
-    max_keys: usize,
+    n_splits: usize,
     b: usize,
     out: u64,
 ) -> Result<()> {
-    let n_splits = max_keys.div_ceil(s.split_len).max(1);
     gpu.attn_decode(
         qkv,
         d.ldqkv,
@@ -159,9 +159,18 @@ pub fn decode(
         s.part_ml,
         (d.na, d.nkv, d.hd, d.ctx),
         s.split_len,
-        n_splits,
+        n_splits.max(1),
         b,
         d.scale,
     )?;
-    gpu.attn_decode_combine(s.part_acc, s.part_ml, out, d.q_width(), d.na, d.hd, n_splits, b)
+    gpu.attn_decode_combine(
+        s.part_acc,
+        s.part_ml,
+        out,
+        d.q_width(),
+        d.na,
+        d.hd,
+        n_splits.max(1),
+        b,
+    )
 }

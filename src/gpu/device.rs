@@ -95,9 +95,28 @@ pub struct Gpu {
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
     functions: HashMap<&'static str, sys::CUfunction>,
-    /// Route skinny GEMMs to csrc/gemv.cu instead of cuBLAS. Off unless ZAMBA_GEMV=1: on the H200
-    /// it is still slower than cuBLAS for decode (BENCHMARKS.md).
-    pub use_gemv: bool,
+    /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
+    pub gemv_mode: GemvMode,
+}
+
+/// Routing of skinny (decode) GEMMs. `ZAMBA_GEMV=0` forces cuBLAS and `ZAMBA_GEMV=1` our kernel
+/// for every GEMM of at most 8 rows, so that one binary can A/B them (BENCHMARKS.md); the default
+/// takes our kernel for single-row products only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemvMode {
+    Cublas,
+    SingleRow,
+    UpTo8,
+}
+
+impl GemvMode {
+    fn from_env() -> Self {
+        match std::env::var("ZAMBA_GEMV").as_deref() {
+            Ok("0") => GemvMode::Cublas,
+            Ok("1") => GemvMode::UpTo8,
+            _ => GemvMode::SingleRow,
+        }
+    }
 }
 
 /// Every kernel in csrc/, looked up once at start-up.
@@ -117,7 +136,8 @@ const KERNELS: &[&str] = &[
     "attn_decode",
     "attn_decode_combine",
     "argmax_rows",
-    "gemv_bf16",
+    "gemv_m1",
+    "gemv_m8",
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];
@@ -147,7 +167,7 @@ impl Gpu {
             stream,
             _module: module,
             functions,
-            use_gemv: std::env::var("ZAMBA_GEMV").is_ok_and(|v| v == "1"),
+            gemv_mode: GemvMode::from_env(),
         })
     }
 
@@ -182,7 +202,11 @@ impl Gpu {
         let r = unsafe {
             result::launch_kernel(f, grid, (block, 1, 1), 0, self.cu_stream(), &mut ptrs[..args.n])
         };
-        cu(&format!("launching {name}"), r)
+        match r {
+            Ok(()) => Ok(()),
+            // The message is built only on failure: the decode step allocates nothing.
+            Err(_) => cu(&format!("launching {name}"), r),
+        }
     }
 
     /// Waits for all queued work and reports any asynchronous error.

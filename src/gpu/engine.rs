@@ -11,6 +11,8 @@
 //! that the residual stream is kept in fp32 (each layer's output is added to it unrounded), the
 //! SSM state is fp32, and the scan, softmax and norms compute in fp32.
 
+use cudarc::driver::{sys, CudaGraph};
+
 use super::attention;
 use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
@@ -18,10 +20,11 @@ use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
 use super::kernels::ScanArgs;
 use super::loader::{check_free, GpuWeights};
+use super::mem::cu;
 use super::workspace::Workspace;
 use crate::config::ZambaConfig;
 use crate::error::{Result, ZambaError};
-use crate::model::{check_batch, check_slot, Logits, Model, SeqInput};
+use crate::model::{check_batch, check_out_len, check_slot, Logits, Model, SeqInput};
 use crate::weights::Checkpoint;
 
 /// Sizes the engine is built for.
@@ -54,6 +57,14 @@ type Collect<'a> = dyn FnMut(&mut GpuModel, &[(usize, usize)]) -> Result<()> + '
 /// Zamba on one GPU.
 pub struct GpuModel {
     // Field order is drop order: everything that owns device memory goes before `gpu`.
+    /// Captured decode steps, by batch size − 1 (built on first use; see `decode_step`).
+    graphs: Vec<Option<CudaGraph>>,
+    /// Replay decode steps as CUDA graphs (default; `ZAMBA_GRAPH=0` launches them one by one).
+    use_graphs: bool,
+    /// Host scratch for a decode step, sized at load so that the step allocates nothing.
+    step_entries: Vec<Entry>,
+    step_tokens: Vec<u32>,
+    step_ids: Vec<i32>,
     ws: Workspace,
     batch: BatchBuffers,
     states: SlotStates,
@@ -99,6 +110,11 @@ impl GpuModel {
         let ws = Workspace::new(&cfg, opts.max_tokens, opts.slots, ctx, batch.max_chunks())?;
         gpu.sync()?;
         Ok(GpuModel {
+            graphs: (0..opts.slots).map(|_| None).collect(),
+            use_graphs: std::env::var("ZAMBA_GRAPH").map_or(true, |v| v != "0"),
+            step_entries: Vec::with_capacity(opts.slots),
+            step_tokens: Vec::with_capacity(opts.slots),
+            step_ids: vec![0; opts.slots],
             ws,
             batch,
             states,
@@ -116,17 +132,24 @@ impl GpuModel {
         &self.gpu
     }
 
+    /// Replays decode steps as CUDA graphs (`true`, the default unless `ZAMBA_GRAPH=0`) or
+    /// launches their kernels one by one (for A/B tests and benchmarks).
+    pub fn set_use_graphs(&mut self, on: bool) {
+        self.use_graphs = on;
+    }
+
     /// Bytes of device memory held by the weights.
     pub fn weight_bytes(&self) -> usize {
         self.w.bytes
     }
 
-    /// Runs `entries` (whose tokens are concatenated in `tokens`) through the layers and leaves
-    /// the final hidden states in `ws.h`. Updates every state the entries touch.
-    fn run_layers(&mut self, entries: &[Entry], tokens: &[u32]) -> Result<()> {
-        let m = tokens.len();
-        self.batch.upload(&self.gpu, entries, tokens)?;
-        let decode = entries.iter().all(|e| e.len == 1);
+    /// Runs `entries` (`m` tokens in all, already uploaded with `self.batch.upload`) through the
+    /// layers and leaves the final hidden states in `ws.h`. Updates every state the entries
+    /// touch. A decode step (one token per entry) passes `decode_splits`, the number of key
+    /// splits of its attention; it then makes no host call but kernel and cuBLAS launches, so
+    /// that it can be captured in a CUDA graph.
+    fn run_layers(&self, entries: &[Entry], m: usize, decode_splits: Option<usize>) -> Result<()> {
+        let decode = decode_splits.is_some();
         let (cfg, ws, w, g) = (&self.cfg, &self.ws, &self.w, &self.gpu);
         let meta = self.batch.meta;
         let (h, di, nh, dh) = (
@@ -153,7 +176,7 @@ impl GpuModel {
         let mut hybrid = 0;
         for (i, lw) in w.layers.iter().enumerate() {
             if lw.linear != 0 {
-                self.shared_block(hybrid, entries, decode)?;
+                self.shared_block(hybrid, entries, m, decode_splits)?;
                 let (ws, g) = (&self.ws, &self.gpu);
                 gemm::run(
                     &self.gpu,
@@ -295,9 +318,14 @@ impl GpuModel {
     }
 
     /// The shared transformer block for hybrid use `j`: reads ws.h and ws.e, writes ws.t.
-    fn shared_block(&self, j: usize, entries: &[Entry], decode: bool) -> Result<()> {
+    fn shared_block(
+        &self,
+        j: usize,
+        entries: &[Entry],
+        m: usize,
+        decode_splits: Option<usize>,
+    ) -> Result<()> {
         let (cfg, ws, sw, g, blas) = (&self.cfg, &self.ws, self.w.shared, &self.gpu, &self.blas);
-        let m: usize = entries.iter().map(|e| e.len).sum();
         let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
         let (q, kvw, hd, nkv) = (
             cfg.q_width(),
@@ -337,8 +365,7 @@ impl GpuModel {
             part_ml: ws.part_ml.ptr(),
             split_len: ws.split_len,
         };
-        if decode {
-            let max_keys = entries.iter().map(|e| e.past + 1).max().unwrap_or(1);
+        if let Some(n_splits) = decode_splits {
             attention::decode(
                 g,
                 &dims,
@@ -347,7 +374,7 @@ impl GpuModel {
                 vc,
                 &meta,
                 &scratch,
-                max_keys,
+                n_splits,
                 m,
                 ws.attn.ptr(),
             )?;
@@ -450,7 +477,12 @@ impl GpuModel {
                 });
                 tokens.extend_from_slice(&s.tokens[range.clone()]);
             }
-            self.run_layers(&entries, &tokens)?;
+            self.batch.upload(&self.gpu, &entries, &tokens)?;
+            let decode_splits = entries.iter().all(|e| e.len == 1).then(|| {
+                let max_keys = entries.iter().map(|e| e.past + 1).max().unwrap_or(1);
+                max_keys.div_ceil(self.ws.split_len)
+            });
+            self.run_layers(&entries, tokens.len(), decode_splits)?;
             for e in &entries {
                 self.states.len[e.slot] += e.len;
             }
@@ -472,6 +504,108 @@ impl GpuModel {
             self.gpu.sync()?;
         }
         Ok(())
+    }
+
+    /// True when `batch` takes the decode fast path: one token per entry, and the step's logits
+    /// fit the logits workspace in one piece.
+    fn is_decode_step(&self, batch: &[SeqInput]) -> bool {
+        batch.len() <= self.ws.logit_rows
+            && batch.len() <= self.opts.max_tokens
+            && batch.iter().all(|s| s.tokens.len() == 1)
+    }
+
+    /// One decode step for a checked `batch` of b one-token entries: the layers, the final norm,
+    /// lm_head and the argmax. Leaves the logits in ws.logits rows 0..b and the tokens in
+    /// ws.argmax. The work is a CUDA graph captured for batch size b on first use and replayed
+    /// after the step's description is uploaded; the host side allocates nothing.
+    fn decode_step(&mut self, batch: &[SeqInput]) -> Result<()> {
+        let b = batch.len();
+        self.step_entries.clear();
+        self.step_tokens.clear();
+        for (i, s) in batch.iter().enumerate() {
+            self.step_entries.push(Entry {
+                slot: s.slot,
+                start: i,
+                len: 1,
+                past: self.states.len[s.slot],
+            });
+            self.step_tokens.push(s.tokens[0]);
+        }
+        self.batch
+            .upload(&self.gpu, &self.step_entries, &self.step_tokens)?;
+        if self.use_graphs {
+            if self.graphs[b - 1].is_none() {
+                self.graphs[b - 1] = Some(self.capture_decode(b)?);
+            }
+            let graph = self.graphs[b - 1].as_ref().expect("captured above");
+            cu("launching the decode graph", graph.launch())?;
+        } else {
+            let max_keys = self.step_entries.iter().map(|e| e.past + 1).max().unwrap_or(1);
+            self.decode_kernels(b, max_keys.div_ceil(self.ws.split_len))?;
+        }
+        for e in &self.step_entries {
+            self.states.len[e.slot] += 1;
+        }
+        Ok(())
+    }
+
+    /// The kernels of a decode step of `b` entries with `splits` attention key splits.
+    fn decode_kernels(&self, b: usize, splits: usize) -> Result<()> {
+        let (cfg, ws, g) = (&self.cfg, &self.ws, &self.gpu);
+        self.run_layers(&self.step_entries[..b], b, Some(splits))?;
+        g.rmsnorm(
+            ws.h.ptr(),
+            true,
+            0,
+            0,
+            0,
+            self.w.final_norm,
+            ws.n.ptr(),
+            b,
+            cfg.hidden_size,
+            0,
+            cfg.rms_norm_eps,
+        )?;
+        gemm::run(
+            g,
+            &self.blas,
+            &Gemm {
+                y_f32: true,
+                ..Gemm::linear(
+                    ws.n.ptr(),
+                    self.w.lm_head,
+                    ws.logits.ptr(),
+                    b,
+                    cfg.vocab_size,
+                    cfg.hidden_size,
+                )
+            },
+        )?;
+        g.argmax_rows(ws.logits.ptr(), ws.argmax.ptr(), b, cfg.vocab_size)
+    }
+
+    /// Captures the decode step for `b` entries as a CUDA graph. Every address it uses is fixed
+    /// for the model's life, and everything that changes between steps (tokens, slots, lengths)
+    /// is read on the device from the batch description, so one capture serves every step of
+    /// that batch size. The attention runs every key split of the context; splits past a
+    /// sequence's length see no keys and cost an early exit.
+    fn capture_decode(&self, b: usize) -> Result<CudaGraph> {
+        let splits = self.ctx.div_ceil(self.ws.split_len);
+        let stream = &self.gpu.stream;
+        cu(
+            "starting a graph capture",
+            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+        )?;
+        let launched = self.decode_kernels(b, splits);
+        // End the capture whatever happened, so that the stream is usable again.
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        launched?;
+        let graph = cu("capturing the decode step", graph)?.ok_or_else(|| ZambaError::Cuda {
+            context: "capturing the decode step".into(),
+            message: "the capture produced no graph".into(),
+        })?;
+        cu("uploading the decode graph", graph.upload())?;
+        Ok(graph)
     }
 }
 
@@ -517,6 +651,12 @@ impl Model for GpuModel {
 
     fn forward(&mut self, batch: &[SeqInput], logits: Logits) -> Result<Vec<Vec<f32>>> {
         let v = self.cfg.vocab_size;
+        if self.is_decode_step(batch) {
+            // One position per entry: Last and All are the same rows.
+            let mut flat = vec![0f32; batch.len() * v];
+            self.forward_last_into(batch, &mut flat)?;
+            return Ok(flat.chunks(v).map(|c| c.to_vec()).collect());
+        }
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); batch.len()];
         self.forward_rounds(batch, logits, &mut |me, piece| {
             let rows: Vec<usize> = piece.iter().map(|p| p.1).collect();
@@ -534,6 +674,10 @@ impl Model for GpuModel {
     fn forward_greedy(&mut self, batch: &[SeqInput]) -> Result<Vec<u32>> {
         let v = self.cfg.vocab_size;
         let mut out = vec![0u32; batch.len()];
+        if self.is_decode_step(batch) {
+            self.forward_greedy_into(batch, &mut out)?;
+            return Ok(out);
+        }
         self.forward_rounds(batch, Logits::Last, &mut |me, piece| {
             let rows: Vec<usize> = piece.iter().map(|p| p.1).collect();
             me.logits_rows(&rows)?;
@@ -547,5 +691,39 @@ impl Model for GpuModel {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    fn forward_greedy_into(&mut self, batch: &[SeqInput], next: &mut [u32]) -> Result<()> {
+        check_out_len("next", next.len(), batch.len())?;
+        if !self.is_decode_step(batch) {
+            next.copy_from_slice(&self.forward_greedy(batch)?);
+            return Ok(());
+        }
+        check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
+            self.states.len[s]
+        })?;
+        self.decode_step(batch)?;
+        let ids = &mut self.step_ids[..batch.len()];
+        self.gpu.dtoh(self.ws.argmax.ptr(), ids)?;
+        for (n, &id) in next.iter_mut().zip(ids.iter()) {
+            *n = id as u32;
+        }
+        Ok(())
+    }
+
+    fn forward_last_into(&mut self, batch: &[SeqInput], out: &mut [f32]) -> Result<()> {
+        let v = self.cfg.vocab_size;
+        check_out_len("out", out.len(), batch.len() * v)?;
+        if !self.is_decode_step(batch) {
+            for (o, l) in out.chunks_mut(v).zip(self.forward(batch, Logits::Last)?) {
+                o.copy_from_slice(&l);
+            }
+            return Ok(());
+        }
+        check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
+            self.states.len[s]
+        })?;
+        self.decode_step(batch)?;
+        self.gpu.dtoh(self.ws.logits.ptr(), out)
     }
 }

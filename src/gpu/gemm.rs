@@ -186,10 +186,14 @@ impl Blas {
                 )
             }
         };
-        check(
-            &format!("cuBLAS GEMM {}x{}x{} (batch {})", g.m, g.n, g.k, g.batch),
-            r,
-        )
+        match r {
+            Ok(()) => Ok(()),
+            // The message is built only on failure: the decode step allocates nothing.
+            Err(_) => check(
+                &format!("cuBLAS GEMM {}x{}x{} (batch {})", g.m, g.n, g.k, g.batch),
+                r,
+            ),
+        }
     }
 }
 

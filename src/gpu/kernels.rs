@@ -4,7 +4,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::device::{Args, Gpu};
+use super::device::{Args, GemvMode, Gpu};
 use super::gemm::Gemm;
 use crate::error::Result;
 
@@ -411,16 +411,17 @@ impl Gpu {
         )
     }
 
-    /// Runs `g` with the skinny bandwidth-bound kernel (csrc/gemv.cu) when it fits: at most 8
-    /// rows, a Linear weight (`[N, K]`, dense rows), K a multiple of 8 and 16-byte aligned rows,
-    /// alpha 1 and beta 0 or 1. Returns false (and does nothing) otherwise.
+    /// Runs `g` with the skinny bandwidth-bound kernel (csrc/gemv.cu) when the routing
+    /// ([`GemvMode`]) picks it and it fits: at most 8 rows, a Linear weight (`[N, K]`), K and
+    /// every stride a multiple of 8, 16-byte aligned x and W, alpha 1 and beta 0 or 1. Returns
+    /// false (and does nothing) otherwise.
     pub fn gemv(&self, g: &Gemm) -> Result<bool> {
         let aligned = |addr: u64| addr % 16 == 0;
         let fits = g.m >= 1
             && g.m <= 8
             && g.w_rows_are_outputs
-            && g.ldw == g.k
             && g.k % 8 == 0
+            && g.ldw % 8 == 0
             && g.ldx % 8 == 0
             && g.stride_x % 8 == 0
             && g.stride_w % 8 == 0
@@ -428,15 +429,21 @@ impl Gpu {
             && aligned(g.w)
             && g.alpha == 1.0
             && (g.beta == 0.0 || g.beta == 1.0);
-        if !fits || !self.use_gemv {
+        let wanted = match self.gemv_mode {
+            GemvMode::Cublas => false,
+            GemvMode::SingleRow => g.m == 1,
+            GemvMode::UpTo8 => true,
+        };
+        if !fits || !wanted {
             return Ok(false);
         }
-        let rows_per_block = 4; // GEMV_ROWS in csrc/gemv.cu
+        let warps_per_block = 4; // GEMV_WARPS in csrc/gemv.cu
         let mut a = Args::new();
         a.push(g.x)
             .push(i(g.ldx))
             .push(g.stride_x as i64)
             .push(g.w)
+            .push(i(g.ldw))
             .push(g.stride_w as i64)
             .push(g.y)
             .push(i(g.ldy))
@@ -446,8 +453,9 @@ impl Gpu {
             .push(i(g.k))
             .push(i32::from(g.y_f32))
             .push(i32::from(g.beta == 1.0));
-        let grid = (blocks(g.n, rows_per_block), g.batch.max(1) as u32, 1);
-        self.launch("gemv_bf16", grid, 256, &mut a)?;
+        let grid = (blocks(g.n, warps_per_block), g.batch.max(1) as u32, 1);
+        let name = if g.m == 1 { "gemv_m1" } else { "gemv_m8" };
+        self.launch(name, grid, 32 * warps_per_block as u32, &mut a)?;
         Ok(true)
     }
 }

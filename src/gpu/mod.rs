@@ -20,5 +20,5 @@ pub mod loader;
 pub mod mem;
 pub mod workspace;
 
-pub use device::{unavailable_reason, Gpu};
+pub use device::{unavailable_reason, GemvMode, Gpu};
 pub use engine::{GpuModel, GpuOptions};
