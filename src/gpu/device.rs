@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::driver::{result, sys, CudaContext, CudaModule, CudaStream};
+use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
 use super::mem::cu;
@@ -207,6 +207,27 @@ impl Gpu {
             // The message is built only on failure: the decode step allocates nothing.
             Err(_) => cu(&format!("launching {name}"), r),
         }
+    }
+
+    /// Records the work that `launch` queues on the stream as a CUDA graph instead of running it,
+    /// and instantiates it (replay with `CudaGraph::launch`). `launch` must queue only kernel
+    /// launches and cuBLAS calls: no copies from pageable memory and no synchronisation.
+    pub fn capture(&self, what: &str, launch: impl FnOnce() -> Result<()>) -> Result<CudaGraph> {
+        cu(
+            "starting a graph capture",
+            self.stream
+                .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
+        )?;
+        let launched = launch();
+        // End the capture whatever happened, so that the stream is usable again.
+        let graph = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        launched?;
+        let graph = cu(what, graph)?.ok_or_else(|| ZambaError::Cuda {
+            context: what.to_string(),
+            message: "the capture produced no graph".into(),
+        })?;
+        cu(what, graph.upload())?;
+        Ok(graph)
     }
 
     /// Waits for all queued work and reports any asynchronous error.

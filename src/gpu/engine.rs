@@ -11,7 +11,7 @@
 //! that the residual stream is kept in fp32 (each layer's output is added to it unrounded), the
 //! SSM state is fp32, and the scan, softmax and norms compute in fp32.
 
-use cudarc::driver::{sys, CudaGraph};
+use cudarc::driver::CudaGraph;
 
 use super::attention;
 use super::batch::{BatchBuffers, Entry};
@@ -591,21 +591,8 @@ impl GpuModel {
     /// sequence's length see no keys and cost an early exit.
     fn capture_decode(&self, b: usize) -> Result<CudaGraph> {
         let splits = self.ctx.div_ceil(self.ws.split_len);
-        let stream = &self.gpu.stream;
-        cu(
-            "starting a graph capture",
-            stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL),
-        )?;
-        let launched = self.decode_kernels(b, splits);
-        // End the capture whatever happened, so that the stream is usable again.
-        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        launched?;
-        let graph = cu("capturing the decode step", graph)?.ok_or_else(|| ZambaError::Cuda {
-            context: "capturing the decode step".into(),
-            message: "the capture produced no graph".into(),
-        })?;
-        cu("uploading the decode graph", graph.upload())?;
-        Ok(graph)
+        self.gpu
+            .capture("capturing the decode step", || self.decode_kernels(b, splits))
     }
 }
 

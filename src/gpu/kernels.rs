@@ -438,6 +438,14 @@ impl Gpu {
             return Ok(false);
         }
         let warps_per_block = 4; // GEMV_WARPS in csrc/gemv.cu
+        // Warps per output row: enough that each warp's share of K is one round of 16 loads per
+        // lane (512 chunks of 8), and more for short matrices so that every SM gets work.
+        let chunks = g.k / 8;
+        let rows = g.n * g.batch.max(1);
+        let mut wpr = chunks.div_ceil(512).next_power_of_two().min(warps_per_block);
+        while wpr < warps_per_block && rows * wpr < 132 * 16 && chunks / (2 * wpr) >= 64 {
+            wpr *= 2;
+        }
         let mut a = Args::new();
         a.push(g.x)
             .push(i(g.ldx))
@@ -452,8 +460,9 @@ impl Gpu {
             .push(i(g.n))
             .push(i(g.k))
             .push(i32::from(g.y_f32))
-            .push(i32::from(g.beta == 1.0));
-        let grid = (blocks(g.n, warps_per_block), g.batch.max(1) as u32, 1);
+            .push(i32::from(g.beta == 1.0))
+            .push(i(wpr));
+        let grid = (blocks(g.n, warps_per_block / wpr), g.batch.max(1) as u32, 1);
         let name = if g.m == 1 { "gemv_m1" } else { "gemv_m8" };
         self.launch(name, grid, 32 * warps_per_block as u32, &mut a)?;
         Ok(true)
