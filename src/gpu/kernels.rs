@@ -279,6 +279,35 @@ impl Gpu {
         )
     }
 
+    /// `ssm_decode` with dt_proj fused in: reads dt_low from `s.xdbl` and the bf16 dt_proj weight
+    /// (`[NH, DH, R]`) instead of `s.dtr`.
+    pub fn ssm_decode_dt(
+        &self,
+        s: &ScanArgs,
+        dt_proj: u64,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        y: u64,
+        b: usize,
+    ) -> Result<()> {
+        // DEC_WARPS channels and DEC_EB entries per block (csrc/scan.cu).
+        let (warps, entries_per_block) = (8, 8);
+        let mut a = Args::new();
+        a.push(*s)
+            .push(dt_proj)
+            .push(meta.entry_slot)
+            .push(i(b))
+            .push(ssm_state)
+            .push(y);
+        let grid_x = blocks(s.dh as usize, warps) * s.nh as u32;
+        self.launch(
+            "ssm_decode_dt",
+            (grid_x, blocks(b, entries_per_block), 1),
+            (warps * 32) as u32,
+            &mut a,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn kv_append(
         &self,
