@@ -17,6 +17,10 @@
 //   3. scan_chunk_output: each chunk rescans from its initial state and writes y; the entry's last
 //      chunk writes the final state back to the slot.
 // An entry with a single chunk skips 1 and 2: step 3 reads and writes the slot's state directly.
+//
+// Decode (one token per entry) has two kernels: ssm_decode reads dtr like the scan above;
+// ssm_decode_dt computes dtr itself from xdbl and the dt_proj weight (what the engine runs, so
+// decode needs no dt_proj GEMM).
 #include "common.cuh"
 
 #define SCAN_N 16
@@ -144,4 +148,109 @@ extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_
 #pragma unroll
     for (int n = 0; n < SCAN_N; n += 4)
         *reinterpret_cast<float4*>(st + n) = make_float4(s[n], s[n + 1], s[n + 2], s[n + 3]);
+}
+
+// One-token state update with dt_proj fused in (decode): replaces the dt_proj GEMM + ssm_decode.
+// Row b is entry b's only token; its slot's state is updated in place. Per channel c = h·DH + d:
+//
+//   dtr[b,c]   = bf16( sum_k dt_low[b,h,k] * W[h][d][k] )    (fp32 dot, then rounded to bf16)
+//   dt         = softplus(dtr[b,c] + dt_bias[c])
+//   state[c,n] = exp(dt * A[c,n]) * state[c,n] + dt * B[b,h,n] * u[b,c]
+//   y[b,c]     = (sum_n state[c,n] * C[b,h,n] + D[c] * u[b,c]) * silu(z[b,c])
+//
+// dt_low, B and C are read from xdbl ([B, NH, XR]: dt_low at 0, B at R, C at R + N); the dt_proj
+// weight W is bf16 [NH][DH][R] (row-major per head, the GEMM's layout); a.dtr is not read. The dot
+// is rounded to bf16 before the bias because the unfused path (and prefill, whose scan reads the
+// bf16 dtr buffer) stores dt_proj's output as bf16: decode and prefill see the same dt.
+//
+// Launch: grid (NH * ceil(DH / DEC_WARPS), ceil(B / DEC_EB)), block DEC_WARPS * 32. A block owns
+// DEC_WARPS channels of one head (one warp per channel) and DEC_EB entries. Each warp reads its
+// channel's weight row once (lanes stride over it with bf16x2 loads, coalesced) and dots it with
+// the dt_low of all the block's entries, which the block stages in shared memory DEC_RT values at
+// a time; one warp_sum per entry. Then each half-warp updates one entry's 16 states (lane n owns
+// state n: 64 contiguous bytes per entry) and sums the C products over its 16 lanes.
+#define DEC_WARPS 8
+#define DEC_EB 8
+#define DEC_RT 256
+
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
+    ssm_decode_dt(ScanArgs a, const bf16* __restrict__ dt_proj, const int* __restrict__ entry_slot,
+                  int B, float* __restrict__ ssm_state, bf16* __restrict__ y) {
+    __shared__ __align__(16) float dtl[DEC_EB][DEC_RT];  // float2 reads below
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int blocks_per_head = (a.DH + DEC_WARPS - 1) / DEC_WARPS;
+    const int h = blockIdx.x / blocks_per_head;
+    const int d = (blockIdx.x % blocks_per_head) * DEC_WARPS + warp;
+    const int c = h * a.DH + d;
+    const int b0 = blockIdx.y * DEC_EB;
+    const int nb = min(DEC_EB, B - b0);
+    const int XR = a.R + 2 * SCAN_N;
+    const bool active = d < a.DH;  // warp-uniform
+    const bf16* w = dt_proj + (size_t)c * a.R;
+
+    float acc[DEC_EB];
+#pragma unroll
+    for (int e = 0; e < DEC_EB; ++e) acc[e] = 0.f;
+    for (int k0 = 0; k0 < a.R; k0 += DEC_RT) {
+        const int kn = min(DEC_RT, a.R - k0);
+        __syncthreads();  // the previous tile's readers are done
+        for (int i = threadIdx.x; i < nb * DEC_RT; i += blockDim.x) {
+            const int e = i / DEC_RT, k = i % DEC_RT;
+            if (k < kn) dtl[e][k] = to_f(a.xdbl[((size_t)(b0 + e) * a.NH + h) * XR + k0 + k]);
+        }
+        __syncthreads();
+        if (!active) continue;
+        if ((a.R & 1) == 0) {
+            // R even: every row starts 4-byte aligned and kn is even, so pairs never straddle.
+            for (int k = 2 * lane; k < kn; k += 64) {
+                const float2 wv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(w + k0 + k));
+#pragma unroll
+                for (int e = 0; e < DEC_EB; ++e) {
+                    if (e < nb) {
+                        const float2 x = *reinterpret_cast<const float2*>(&dtl[e][k]);
+                        acc[e] = fmaf(wv.x, x.x, fmaf(wv.y, x.y, acc[e]));
+                    }
+                }
+            }
+        } else {
+            for (int k = lane; k < kn; k += 32) {
+                const float wv = to_f(w[k0 + k]);
+#pragma unroll
+                for (int e = 0; e < DEC_EB; ++e)
+                    if (e < nb) acc[e] = fmaf(wv, dtl[e][k], acc[e]);
+            }
+        }
+    }
+    if (!active) return;
+#pragma unroll
+    for (int e = 0; e < DEC_EB; ++e)
+        if (e < nb) acc[e] = warp_sum(acc[e]);
+
+    const int half = lane >> 4, n = lane & 15;
+    const float A = a.A[(size_t)c * SCAN_N + n];
+    const float D = a.D[c], bias = a.dt_bias[c];
+#pragma unroll
+    for (int e0 = 0; e0 < DEC_EB; e0 += 2) {
+        if (e0 >= nb) break;  // warp-uniform
+        const int e = e0 + half;
+        const bool ok = e < nb;
+        const float dot = half ? acc[e0 + 1] : acc[e0];
+        const int b = b0 + e;
+        float p = 0.f, u = 0.f, z = 0.f;
+        if (ok) {
+            // dt_proj's output is a bf16 tensor in the unfused path: round before the bias.
+            const float dt = softplus(round_bf(dot) + bias);
+            u = to_f(a.u[(size_t)b * a.DI + c]);
+            z = to_f(a.z[(size_t)b * a.ldz + c]);
+            const bf16* bc = a.xdbl + ((size_t)b * a.NH + h) * XR + a.R;
+            float* st = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + n;
+            const float s = expf(dt * A) * *st + dt * to_f(bc[n]) * u;
+            *st = s;
+            p = s * to_f(bc[SCAN_N + n]);
+        }
+        // Sum over the 16 lanes of this half-warp (xor offsets < 16 stay inside it).
+#pragma unroll
+        for (int o = 8; o > 0; o >>= 1) p += __shfl_xor_sync(0xffffffffu, p, o);
+        if (ok && n == 0) y[(size_t)b * a.DI + c] = to_bf((p + D * u) * silu(z));
+    }
 }

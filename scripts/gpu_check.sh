@@ -4,7 +4,9 @@
 # golden fixture), then a short benchmark at the 7B shape with random weights.
 # With `hf`: makes a random checkpoint with Zamba-7B-v1's exact config, runs HF transformers on it
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|sanitize|criterion|hf|all]...
+# With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
+# on that checkpoint, one table in $OUT/bench_vs_hf.md.
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -67,5 +69,8 @@ if has hf; then
   [[ ${PIPESTATUS[0]} == 0 ]] || status=1
   echo "=== zamba-run bench on the checkpoint (load from the page cache)"
   .gpu/bin/zamba-run bench --model $ck -p 512 -n 32 --reps 1 2>&1 | tee -a "$out/hf.log"
+fi
+if [[ $what == *" vs-hf "* ]]; then
+  OUT=$out bash scripts/bench_vs_hf.sh || status=1
 fi
 exit $status

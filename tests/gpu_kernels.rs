@@ -576,6 +576,113 @@ fn selective_scan_prefill_chunked_and_decode() {
     }
 }
 
+/// `n` values `scale · j` with j a uniform integer in [-lim, lim]: bf16-exact, and small enough
+/// that a dot product of R of them is exact in fp32 whatever the summation order.
+fn grid_vec(rng: &mut Rng, n: usize, lim: i32, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let j = ((rng.next_f32() * (2 * lim + 1) as f32) as i32).min(2 * lim) - lim;
+            j as f32 * scale
+        })
+        .collect()
+}
+
+#[test]
+fn ssm_decode_with_fused_dt_proj() {
+    let Some(g) = gpu_or_skip("ssm decode with fused dt_proj") else {
+        return;
+    };
+    let mut rng = Rng(11);
+    const SLOTS: usize = 16;
+    let sz = DI * N;
+    let a = rng.f32_vec(DI * N, -16.0, -1.0);
+    let d = rng.f32_vec(DI, 0.5, 1.5);
+    let dt_bias = rng.f32_vec(DI, -5.0, -2.0);
+    // dt_proj weights j/256 and dt_low values j/16 (|j| ≤ 64 and 16): every product is a multiple
+    // of 2^-12 and |Σ| < 2^24 · 2^-12, so the fp32 dot is exact on both sides and its bf16 rounding
+    // (the value the kernel adds the bias to) is the same. dtr then spans about ±3, like the
+    // existing scan test's.
+    let wdt = grid_vec(&mut rng, NH * DH * R, 64, 1.0 / 256.0);
+    let dwdt = up_bf16(&g, &wdt);
+    let (da, dd, dbias) = (up_f32(&g, &a), up_f32(&g, &d), up_f32(&g, &dt_bias));
+    let mut states = rng.f32_vec(SLOTS * sz, -0.5, 0.5);
+    let dstate = up_f32(&g, &states);
+    let p = ScanParams {
+        a: &a,
+        d: &d,
+        dt_bias: &dt_bias,
+        n_heads: NH,
+        d_state: N,
+        dt_rank: R,
+    };
+    // Two entry groups of the kernel (8 per block), an odd count, scattered slots; then batch 1
+    // continuing from the states the first step wrote.
+    let steps: [&[usize]; 2] = [&[5, 0, 12, 3, 9, 1, 14, 7, 2, 10, 6], &[12]];
+    for slots in steps {
+        let b = slots.len();
+        let spec: Vec<(usize, usize, usize)> = slots.iter().map(|&s| (s, 1, 4)).collect();
+        let es = entries(&spec);
+        let bb = batch_buffers(&g, &es);
+        let mut inp = scan_inputs(&mut rng, b);
+        for row in inp.xdbl.chunks_mut(XR) {
+            row[..R].copy_from_slice(&grid_vec(&mut rng, R, 16, 1.0 / 16.0));
+        }
+        // dtr as the unfused path stores it: dt_low · dt_projᵀ per head, rounded to bf16.
+        let mut dtr = vec![0f32; b * DI];
+        for t in 0..b {
+            for c in 0..DI {
+                let hh = c / DH;
+                let dtl = &inp.xdbl[(t * NH + hh) * XR..(t * NH + hh) * XR + R];
+                let wr = &wdt[c * R..(c + 1) * R];
+                dtr[t * DI + c] = rb(dtl.iter().zip(wr).map(|(x, w)| x * w).sum());
+            }
+        }
+        let (du, dxz, dxd) = (up_bf16(&g, &inp.u), up_bf16(&g, &inp.xz), up_bf16(&g, &inp.xdbl));
+        let args = ScanArgs {
+            u: du.ptr(),
+            dtr: 0, // not read by ssm_decode_dt
+            z: dxz.at::<bf16>(DI),
+            ldz: (2 * DI) as i32,
+            _pad: 0,
+            xdbl: dxd.ptr(),
+            a: da.ptr(),
+            d: dd.ptr(),
+            dt_bias: dbias.ptr(),
+            di: DI as i32,
+            dh: DH as i32,
+            nh: NH as i32,
+            r: R as i32,
+        };
+        let y = poisoned(&g, b * DI * 2);
+        g.ssm_decode_dt(&args, dwdt.ptr(), &bb.meta, dstate.ptr(), y.ptr(), b)
+            .unwrap();
+        let got = down_bf16(&g, y.ptr(), b * DI);
+        let got_state = down_f32(&g, dstate.ptr(), SLOTS * sz);
+        for (bi, e) in es.iter().enumerate() {
+            let st = &mut states[e.slot * sz..(e.slot + 1) * sz];
+            let z = rows(&inp.xz, 2 * DI, bi, 1)[DI..].to_vec();
+            let want = selective_scan(
+                &rows(&inp.u, DI, bi, 1),
+                &rows(&dtr, DI, bi, 1),
+                &rows(&inp.xdbl, NH * XR, bi, 1),
+                &z,
+                1,
+                &p,
+                st,
+            );
+            assert_close(
+                &format!("fused decode y (batch {b}, slot {})", e.slot),
+                &got[bi * DI..(bi + 1) * DI],
+                &want,
+                2e-3,
+                2.0 * BF16_RTOL,
+            );
+        }
+        // Every slot: the entries' slots updated, the others untouched.
+        assert_close("fused decode states", &got_state, &states, 1e-5, 1e-3);
+    }
+}
+
 /// Writes random keys/values for the `past` positions of each entry's slot, appends the new rows
 /// through kv_append, then checks prefill or decode attention against the CPU.
 fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize)], seed: u64) {

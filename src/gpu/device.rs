@@ -131,6 +131,7 @@ const KERNELS: &[&str] = &[
     "scan_chunk_combine",
     "scan_chunk_output",
     "ssm_decode",
+    "ssm_decode_dt",
     "kv_append",
     "softmax_causal",
     "attn_decode",

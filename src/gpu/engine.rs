@@ -3,9 +3,9 @@
 //! A forward runs the tokens of all its sequences as one batch of M rows through every layer
 //! (ZAMBA.md section 3): GEMMs on all rows at once, and the sequence-aware kernels (conv, scan,
 //! attention) guided by the batch description. When every sequence brings exactly one token the
-//! decode kernels run (conv update, one-step state update, flash-decoding); otherwise the prefill
-//! kernels run, continuing from each slot's state, so prefill, decode and chunked prefill are one
-//! code path. Nothing is allocated after [`GpuModel::load`].
+//! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding);
+//! otherwise the prefill kernels run, continuing from each slot's state, so prefill, decode and
+//! chunked prefill are one code path. Nothing is allocated after [`GpuModel::load`].
 //!
 //! Numerics: bf16 weights and activations with fp32 accumulation, like HF's bf16 model, except
 //! that the residual stream is kept in fp32 (each layer's output is added to it unrounded), the
@@ -252,20 +252,23 @@ impl GpuModel {
                 },
             )?;
             // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
-            gemm::run(
-                g,
-                blas,
-                &Gemm {
-                    ldx: nh * xr,
-                    ldw: r,
-                    ldy: di,
-                    batch: nh,
-                    stride_x: xr,
-                    stride_w: dh * r,
-                    stride_y: dh,
-                    ..Gemm::linear(ws.xdbl.ptr(), lw.dt_proj, ws.dtr.ptr(), m, dh, r)
-                },
-            )?;
+            // Decode skips it: ssm_decode_dt computes dtr itself.
+            if !decode {
+                gemm::run(
+                    g,
+                    blas,
+                    &Gemm {
+                        ldx: nh * xr,
+                        ldw: r,
+                        ldy: di,
+                        batch: nh,
+                        stride_x: xr,
+                        stride_w: dh * r,
+                        stride_y: dh,
+                        ..Gemm::linear(ws.xdbl.ptr(), lw.dt_proj, ws.dtr.ptr(), m, dh, r)
+                    },
+                )?;
+            }
             let scan = ScanArgs {
                 u: ws.xc.ptr(),
                 dtr: ws.dtr.ptr(),
@@ -283,7 +286,7 @@ impl GpuModel {
             };
             let ssm = self.states.ssm_at(i);
             if decode {
-                g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;
+                g.ssm_decode_dt(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m)?;
             } else {
                 let nc = self.batch.n_chunks;
                 if self.batch.multi_chunk {

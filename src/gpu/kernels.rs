@@ -279,6 +279,35 @@ impl Gpu {
         )
     }
 
+    /// `ssm_decode` with dt_proj fused in: reads dt_low from `s.xdbl` and the bf16 dt_proj weight
+    /// (`[NH, DH, R]`) instead of `s.dtr`.
+    pub fn ssm_decode_dt(
+        &self,
+        s: &ScanArgs,
+        dt_proj: u64,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        y: u64,
+        b: usize,
+    ) -> Result<()> {
+        // DEC_WARPS channels and DEC_EB entries per block (csrc/scan.cu).
+        let (warps, entries_per_block) = (8, 8);
+        let mut a = Args::new();
+        a.push(*s)
+            .push(dt_proj)
+            .push(meta.entry_slot)
+            .push(i(b))
+            .push(ssm_state)
+            .push(y);
+        let grid_x = blocks(s.dh as usize, warps) * s.nh as u32;
+        self.launch(
+            "ssm_decode_dt",
+            (grid_x, blocks(b, entries_per_block), 1),
+            (warps * 32) as u32,
+            &mut a,
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn kv_append(
         &self,
@@ -438,8 +467,8 @@ impl Gpu {
             return Ok(false);
         }
         let warps_per_block = 4; // GEMV_WARPS in csrc/gemv.cu
-        // Warps per output row: enough that each warp's share of K is one round of 16 loads per
-        // lane (512 chunks of 8), and more for short matrices so that every SM gets work.
+                                 // Warps per output row: enough that each warp's share of K is one round of 16 loads per
+                                 // lane (512 chunks of 8), and more for short matrices so that every SM gets work.
         let chunks = g.k / 8;
         let rows = g.n * g.batch.max(1);
         let mut wpr = chunks.div_ceil(512).next_power_of_two().min(warps_per_block);
