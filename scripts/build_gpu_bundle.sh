@@ -4,6 +4,8 @@
 # Usage: scripts/build_gpu_bundle.sh   (then carry ".gpu" and run scripts/gpu_check.sh there)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The GPU machine needs the kernels: fail here rather than ship a build without them.
+export ZAMBA_REQUIRE_CUDA=1
 mkdir -p .gpu/bin
 rm -f .gpu/bin/*
 cargo build --release --bin zamba-run

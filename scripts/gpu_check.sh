@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -43,6 +43,15 @@ if has ab; then
     echo "=== $env zamba-run bench --random -p 512 -n 64"
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
   done
+fi
+if has profile; then
+  # Kernel durations of decode steps replayed from the CUDA graph (ncu profiles each graph node
+  # alone: no launch gaps, caches not flushed), on a 6-layer model at the 7B widths.
+  echo "=== ncu: decode steps at batch 1 (6 layers: 5 Mamba + 1 hybrid)"
+  ncu --graph-profiling node --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+      --csv .gpu/bin/zamba-run bench --random --layers 6 -p 8 -n 3 --reps 1 2>/dev/null \
+      > "$out/ncu.csv"
+  python3 scripts/kernel_summary.py < "$out/ncu.csv"
 fi
 if has sanitize; then
   echo "=== compute-sanitizer memcheck on the whole-model tests (tiny-a)"
