@@ -1,5 +1,5 @@
-// RoPE-free causal attention of the shared block: KV-cache writes, the masked softmax of the
-// prefill path (whose two matrix products run in cuBLAS), and flash-decoding for one-token steps.
+// RoPE-free causal attention of the shared block: KV-cache writes and flash-decoding for one-token
+// steps. Prefill attention is csrc/flash_attn.cu.
 //
 // KV cache of one hybrid layer: K and V each bf16 [slots, NKV, ctx, HD]. qkv rows are
 // [q (NA*HD) | k (NKV*HD) | v (NKV*HD)] with row stride ldqkv.
@@ -25,27 +25,6 @@ extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, in
     const size_t dst = (((size_t)entry_slot[e] * NKV + g) * ctx + pos) * HD + d;
     kc[dst] = qkv[(size_t)m * ldqkv + q_width + i];
     vc[dst] = qkv[(size_t)m * ldqkv + q_width + kvw + i];
-}
-
-// Causal softmax of prefill scores. S is fp32 [NA, Tq, nk] (already scaled by cuBLAS); row
-// (h, t) is query q0 + t of a sequence with `past` earlier tokens, so it sees keys 0..past+q0+t.
-// P[h, t, j] = bf16(exp(S - max) / sum) for visible j, 0 for the rest (the P.V GEMM reads all nk).
-// Launch: grid (NA * Tq), block 256.
-extern "C" __global__ void softmax_causal(const float* __restrict__ S, bf16* __restrict__ P,
-                                          int Tq, int nk, int past_q0) {
-    const int row = blockIdx.x;
-    const int t = row % Tq;
-    const int visible = min(nk, past_q0 + t + 1);
-    const float* s = S + (size_t)row * nk;
-    bf16* p = P + (size_t)row * nk;
-    float mx = -INFINITY;
-    for (int j = threadIdx.x; j < visible; j += blockDim.x) mx = fmaxf(mx, s[j]);
-    mx = block_max(mx);
-    float sum = 0.f;
-    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += expf(s[j] - mx);
-    sum = block_sum(sum);
-    const float inv = 1.f / sum;
-    for (int j = threadIdx.x; j < nk; j += blockDim.x) p[j] = to_bf(j < visible ? expf(s[j] - mx) * inv : 0.f);
 }
 
 // Flash-decoding, step 1: one query per sequence (row b of qkv), split over the keys. Block

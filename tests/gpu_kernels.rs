@@ -683,9 +683,11 @@ fn ssm_decode_with_fused_dt_proj() {
     }
 }
 
-/// Writes random keys/values for the `past` positions of each entry's slot, appends the new rows
-/// through kv_append, then checks prefill or decode attention against the CPU.
-fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize)], seed: u64) {
+/// Writes random keys/values for the `past` positions of each entry's slot and NaN at every later
+/// position (so that a kernel reading a cache row it should not, or multiplying it by a zero
+/// weight, fails), appends the new rows through kv_append, then checks prefill or decode
+/// attention against the CPU.
+fn attention_case(g: &Gpu, nkv: usize, spec: &[(usize, usize, usize)], seed: u64) {
     let mut rng = Rng(seed);
     let ctx = 4096;
     let slots = 4;
@@ -695,8 +697,15 @@ fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize
     let m: usize = es.iter().map(|e| e.len).sum();
     let decode = es.iter().all(|e| e.len == 1);
     let qkv = rng.bf16_vec(m * ld, -1.0, 1.0);
-    let kc = rng.bf16_vec(slots * kvw * ctx, -1.0, 1.0);
-    let vc = rng.bf16_vec(slots * kvw * ctx, -1.0, 1.0);
+    let mut kc = rng.bf16_vec(slots * kvw * ctx, -1.0, 1.0);
+    let mut vc = rng.bf16_vec(slots * kvw * ctx, -1.0, 1.0);
+    for e in &es {
+        for gi in 0..nkv {
+            let head = ((e.slot * nkv + gi) * ctx) * HD;
+            kc[head + e.past * HD..head + ctx * HD].fill(f32::NAN);
+            vc[head + e.past * HD..head + ctx * HD].fill(f32::NAN);
+        }
+    }
     let (dqkv, dk, dv) = (up_bf16(g, &qkv), up_bf16(g, &kc), up_bf16(g, &vc));
     let bb = batch_buffers(g, &es);
     g.kv_append(dqkv.ptr(), ld, q, &bb.meta, dk.ptr(), dv.ptr(), m, nkv, HD, ctx)
@@ -709,18 +718,12 @@ fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize
         ctx,
         scale: (HD as f32 / 2.0).powf(-0.5),
     };
-    // A small score budget, so that long prompts go through several query chunks.
-    let scores_elems = NA * ctx * 48;
-    let (sc, pr) = (poisoned(g, scores_elems * 4), poisoned(g, scores_elems * 2));
     let splits = ctx / 128;
     let (pa, pm) = (
         poisoned(g, 4 * NA * splits * HD * 4),
         poisoned(g, 4 * NA * splits * 2 * 4),
     );
     let scratch = Scratch {
-        scores: sc.ptr(),
-        probs: pr.ptr(),
-        scores_elems,
         part_acc: pa.ptr(),
         part_ml: pm.ptr(),
         split_len: 128,
@@ -751,18 +754,7 @@ fn attention_case(g: &Gpu, blas: &Blas, nkv: usize, spec: &[(usize, usize, usize
         }
     } else {
         for e in &es {
-            attention::prefill(
-                g,
-                blas,
-                &dims,
-                dqkv.ptr(),
-                e,
-                dk.ptr(),
-                dv.ptr(),
-                &scratch,
-                out.ptr(),
-            )
-            .unwrap();
+            attention::prefill(g, &dims, dqkv.ptr(), e, dk.ptr(), dv.ptr(), out.ptr()).unwrap();
         }
     }
     let got = down_bf16(g, out.ptr(), m * q);
@@ -825,20 +817,17 @@ fn attention_prefill_and_decode_with_kv_cache() {
     let Some(g) = gpu_or_skip("attention") else {
         return;
     };
-    let blas = Blas::new(&g).unwrap();
     // Prefill: fresh sequences, a continuation (chunked prefill) and a long one.
-    attention_case(
-        &g,
-        &blas,
-        NA,
-        &[(2, 1, 0), (0, 7, 5), (3, 333, 100), (1, 700, 1349)],
-        5,
-    );
+    attention_case(&g, NA, &[(2, 1, 0), (0, 7, 5), (3, 333, 100), (1, 700, 1349)], 5);
+    // A long prompt (33 query blocks of the flash kernel, the last one with a single query), and
+    // a continuation whose length and past are multiples of neither the query block (64) nor the
+    // key tile (32).
+    attention_case(&g, NA, &[(0, 2049, 0), (3, 65, 31)], 9);
     // Decode: one query each, up to 2049 keys.
-    attention_case(&g, &blas, NA, &[(1, 1, 2048), (3, 1, 332), (0, 1, 0)], 6);
+    attention_case(&g, NA, &[(1, 1, 2048), (3, 1, 332), (0, 1, 0)], 6);
     // GQA: 16 query heads over 4 kv heads.
-    attention_case(&g, &blas, 4, &[(0, 9, 3), (2, 200, 57)], 7);
-    attention_case(&g, &blas, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
+    attention_case(&g, 4, &[(0, 9, 3), (2, 200, 57), (1, 130, 95)], 7);
+    attention_case(&g, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
 }
 
 #[test]

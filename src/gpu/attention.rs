@@ -1,18 +1,17 @@
 //! The shared block's causal attention on the device.
 //!
-//! - Prefill (any number of new queries per sequence): S = scale·Q·Kᵀ through cuBLAS with fp32
-//!   output, the masked softmax kernel (fp32, P rounded to bf16 as HF's eager path does), and
-//!   O = P·V through cuBLAS. The tensor cores do the products; the queries go in chunks so that
-//!   S fits its workspace (the upper triangle is computed and masked: it costs FLOPs, not memory).
+//! - Prefill (any number of new queries per sequence): one flash-attention kernel per sequence
+//!   (csrc/flash_attn.cu): Q·Kᵀ and P·V on the tensor cores (bf16 inputs, fp32 accumulation) and
+//!   an online softmax in fp32. The unnormalised P is rounded to bf16 for P·V (HF's eager path
+//!   also feeds bf16 probabilities to P·V) and the row sum divides the output in fp32 at the end.
+//!   Key tiles past the causal limit are skipped, and no score matrix is stored.
 //! - Decode (one query per sequence): flash-decoding over the KV cache, split along the keys,
 //!   then a combine kernel.
 //!
-//! GQA: query head h reads kv head h / (NA / NKV). The products run batched over the kv heads,
-//! once per query head of each group.
+//! GQA: query head h reads kv head h / (NA / NKV).
 
 use super::batch::Entry;
 use super::device::Gpu;
-use super::gemm::{Blas, Gemm};
 use super::kernels::BatchMeta;
 use crate::config::ZambaConfig;
 use crate::error::Result;
@@ -47,13 +46,9 @@ impl Dims {
     }
 }
 
-/// Workspace addresses the attention uses.
+/// Workspace addresses the decode attention uses (prefill needs none).
 #[derive(Clone, Copy, Debug)]
 pub struct Scratch {
-    /// fp32 scores and bf16 probabilities, `scores_elems` elements each.
-    pub scores: u64,
-    pub probs: u64,
-    pub scores_elems: usize,
     /// Flash-decoding partials `[B, NA, splits, HD]` fp32 and `[B, NA, splits, 2]` fp32.
     pub part_acc: u64,
     pub part_ml: u64,
@@ -61,76 +56,23 @@ pub struct Scratch {
 }
 
 /// Causal attention of entry `e`'s new queries (rows e.start.. of `qkv`) over its cache, whose
-/// positions 0..e.past+e.len are already written. Writes `out` rows (row stride NA·HD).
-#[allow(clippy::too_many_arguments)]
-pub fn prefill(
-    gpu: &Gpu,
-    blas: &Blas,
-    d: &Dims,
-    qkv: u64,
-    e: &Entry,
-    kc: u64,
-    vc: u64,
-    s: &Scratch,
-    out: u64,
-) -> Result<()> {
-    let q = d.q_width();
-    let rep = d.na / d.nkv;
-    let head_stride = d.ctx * d.hd;
-    let cache0 = (e.slot * d.nkv * head_stride * 2) as u64;
-    let rows_fit = (s.scores_elems / (d.na * (e.past + e.len))).max(1);
-    let mut q0 = 0;
-    while q0 < e.len {
-        let tq = rows_fit.min(e.len - q0);
-        let nk = e.past + q0 + tq;
-        for rr in 0..rep {
-            // Query heads h = g·rep + rr, batched over the kv heads g: S_h = scale · Q_h · K_gᵀ.
-            blas.gemm(&Gemm {
-                m: tq,
-                n: nk,
-                k: d.hd,
-                x: qkv + (((e.start + q0) * d.ldqkv + rr * d.hd) * 2) as u64,
-                ldx: d.ldqkv,
-                w: kc + cache0,
-                ldw: d.hd,
-                w_rows_are_outputs: true,
-                y: s.scores + ((rr * tq * nk) * 4) as u64,
-                ldy: nk,
-                alpha: d.scale,
-                beta: 0.0,
-                y_f32: true,
-                batch: d.nkv,
-                stride_x: rep * d.hd,
-                stride_w: head_stride,
-                stride_y: rep * tq * nk,
-            })?;
-        }
-        gpu.softmax_causal(s.scores, s.probs, d.na * tq, tq, nk, e.past + q0)?;
-        for rr in 0..rep {
-            // O_h = P_h · V_g, written into the head's columns of `out`.
-            blas.gemm(&Gemm {
-                m: tq,
-                n: d.hd,
-                k: nk,
-                x: s.probs + ((rr * tq * nk) * 2) as u64,
-                ldx: nk,
-                w: vc + cache0,
-                ldw: d.hd,
-                w_rows_are_outputs: false,
-                y: out + (((e.start + q0) * q + rr * d.hd) * 2) as u64,
-                ldy: q,
-                alpha: 1.0,
-                beta: 0.0,
-                y_f32: false,
-                batch: d.nkv,
-                stride_x: rep * tq * nk,
-                stride_w: head_stride,
-                stride_y: rep * d.hd,
-            })?;
-        }
-        q0 += tq;
-    }
-    Ok(())
+/// positions 0..e.past+e.len are already written. Writes `out` rows (row stride NA·HD). One
+/// launch of the flash kernel for all heads and queries of the entry.
+pub fn prefill(gpu: &Gpu, d: &Dims, qkv: u64, e: &Entry, kc: u64, vc: u64, out: u64) -> Result<()> {
+    gpu.flash_attn_prefill(
+        qkv,
+        d.ldqkv,
+        e.start,
+        kc,
+        vc,
+        out,
+        d.q_width(),
+        e.len,
+        e.past,
+        e.slot,
+        (d.na, d.nkv, d.hd, d.ctx),
+        d.scale,
+    )
 }
 
 /// One query per sequence (row b of `qkv` for entry b) over its cache, whose length after this

@@ -94,7 +94,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
-    functions: HashMap<&'static str, sys::CUfunction>,
+    /// Each kernel, and the dynamic shared memory it may launch with (bytes).
+    functions: HashMap<&'static str, (sys::CUfunction, u32)>,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
 }
@@ -133,7 +134,7 @@ const KERNELS: &[&str] = &[
     "ssm_decode",
     "ssm_decode_dt",
     "kv_append",
-    "softmax_causal",
+    "flash_attn_prefill",
     "attn_decode",
     "attn_decode_combine",
     "argmax_rows",
@@ -142,6 +143,17 @@ const KERNELS: &[&str] = &[
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];
+
+/// Dynamic shared memory any kernel may use without opting in.
+const DEFAULT_SMEM: usize = 48 << 10;
+
+/// Kernels that launch with more than `DEFAULT_SMEM` of dynamic shared memory, and the most they
+/// ever ask for. Set once at load time, capped at what the GPU allows (a launch asking for more
+/// than that fails with a clear error).
+const DYNAMIC_SMEM: &[(&str, usize)] = &[(
+    "flash_attn_prefill",
+    super::kernels::flash_smem_bytes(super::kernels::FLASH_MAX_HD),
+)];
 
 impl Gpu {
     /// Opens device `ordinal`, creates a stream and loads the embedded kernels.
@@ -158,10 +170,27 @@ impl Gpu {
             "loading the kernel fatbin",
             ctx.load_module(Ptx::from_binary(FATBIN.to_vec())),
         )?;
+        // The most shared memory one block may opt in to (163 KB on an A100, 227 KB on an H100).
+        let optin = cu(
+            "querying the shared memory limit",
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
+        )?
+        .max(DEFAULT_SMEM as i32) as usize;
         let mut functions = HashMap::new();
         for &name in KERNELS {
             let f = cu(&format!("loading kernel {name}"), module.load_function(name))?;
-            functions.insert(name, f.cu_function());
+            let mut smem = DEFAULT_SMEM;
+            if let Some(&(_, want)) = DYNAMIC_SMEM.iter().find(|k| k.0 == name) {
+                smem = want.min(optin);
+                cu(
+                    &format!("allowing {smem} bytes of dynamic shared memory for {name}"),
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        smem as i32,
+                    ),
+                )?;
+            }
+            functions.insert(name, (f.cu_function(), smem as u32));
         }
         Ok(Gpu {
             ctx,
@@ -185,10 +214,31 @@ impl Gpu {
         block: u32,
         args: &mut Args,
     ) -> Result<()> {
-        let f = *self.functions.get(name).ok_or_else(|| ZambaError::Cuda {
+        self.launch_smem(name, grid, block, 0, args)
+    }
+
+    /// Launches kernel `name` with `smem` bytes of dynamic shared memory (above 48 KB only for
+    /// the kernels in `DYNAMIC_SMEM`, up to the amount allowed at load time).
+    pub fn launch_smem(
+        &self,
+        name: &'static str,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &mut Args,
+    ) -> Result<()> {
+        let (f, smem_max) = *self.functions.get(name).ok_or_else(|| ZambaError::Cuda {
             context: format!("launching {name}"),
             message: "no such kernel in the fatbin".into(),
         })?;
+        if smem > smem_max {
+            return Err(ZambaError::Cuda {
+                context: format!("launching {name}"),
+                message: format!(
+                    "it needs {smem} bytes of shared memory per block; this GPU allows {smem_max}"
+                ),
+            });
+        }
         let mut ptrs = [std::ptr::null_mut::<c_void>(); 24];
         for (p, &off) in ptrs.iter_mut().zip(&args.offsets[..args.n]) {
             // SAFETY: off < store.len() by construction in Args::push.
@@ -201,7 +251,14 @@ impl Gpu {
         // that outlive the call (cuLaunchKernel copies them before returning); the kernel's
         // signature matches the pushed arguments (each wrapper in kernels.rs mirrors one kernel).
         let r = unsafe {
-            result::launch_kernel(f, grid, (block, 1, 1), 0, self.cu_stream(), &mut ptrs[..args.n])
+            result::launch_kernel(
+                f,
+                grid,
+                (block, 1, 1),
+                smem,
+                self.cu_stream(),
+                &mut ptrs[..args.n],
+            )
         };
         match r {
             Ok(()) => Ok(()),

@@ -4,8 +4,9 @@
 //! (ZAMBA.md section 3): GEMMs on all rows at once, and the sequence-aware kernels (conv, scan,
 //! attention) guided by the batch description. When every sequence brings exactly one token the
 //! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding);
-//! otherwise the prefill kernels run, continuing from each slot's state, so prefill, decode and
-//! chunked prefill are one code path. Nothing is allocated after [`GpuModel::load`].
+//! otherwise the prefill kernels run (conv, chunked scan, flash attention per sequence),
+//! continuing from each slot's state, so prefill, decode and chunked prefill are one code path.
+//! Nothing is allocated after [`GpuModel::load`].
 //!
 //! Numerics: bf16 weights and activations with fp32 accumulation, like HF's bf16 model, except
 //! that the residual stream is kept in fp32 (each layer's output is added to it unrounded), the
@@ -18,7 +19,7 @@ use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
-use super::kernels::ScanArgs;
+use super::kernels::{ScanArgs, FLASH_MAX_HD};
 use super::loader::{check_free, GpuWeights};
 use super::mem::cu;
 use super::workspace::Workspace;
@@ -361,9 +362,6 @@ impl GpuModel {
         g.kv_append(ws.qkv.ptr(), ldqkv, q, &meta, kc, vc, m, nkv, hd, self.ctx)?;
         let dims = attention::Dims::of(cfg, self.ctx);
         let scratch = attention::Scratch {
-            scores: ws.scores.ptr(),
-            probs: ws.probs.ptr(),
-            scores_elems: ws.scores_elems,
             part_acc: ws.part_acc.ptr(),
             part_ml: ws.part_ml.ptr(),
             split_len: ws.split_len,
@@ -383,7 +381,7 @@ impl GpuModel {
             )?;
         } else {
             for e in entries {
-                attention::prefill(g, blas, &dims, ws.qkv.ptr(), e, kc, vc, &scratch, ws.attn.ptr())?;
+                attention::prefill(g, &dims, ws.qkv.ptr(), e, kc, vc, ws.attn.ptr())?;
             }
         }
         let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
@@ -608,10 +606,10 @@ fn check_supported(cfg: &ZambaConfig) -> Result<()> {
             cfg.mamba_d_state
         ));
     }
-    if cfg.attention_head_dim % 8 != 0 || cfg.attention_head_dim > 512 {
+    let hd = cfg.attention_head_dim;
+    if hd % 16 != 0 || hd > FLASH_MAX_HD {
         return bad(format!(
-            "the CUDA attention needs head_dim % 8 == 0 and ≤ 512, not {}",
-            cfg.attention_head_dim
+            "the CUDA attention needs head_dim % 16 == 0 and ≤ {FLASH_MAX_HD}, not {hd}"
         ));
     }
     Ok(())

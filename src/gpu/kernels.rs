@@ -6,7 +6,7 @@
 
 use super::device::{Args, GemvMode, Gpu};
 use super::gemm::Gemm;
-use crate::error::Result;
+use crate::error::{Result, ZambaError};
 
 /// Mirrors `ScanArgs` in csrc/scan.cu (field order and C layout must match).
 #[repr(C)]
@@ -44,6 +44,19 @@ pub struct BatchMeta {
     pub chunk_t0: u64,
     pub chunk_len: u64,
     pub chunk_flags: u64,
+}
+
+/// Queries per block, keys per tile and threads of flash_attn_prefill (FA_BQ, FA_BK and
+/// 32·FA_WARPS in csrc/flash_attn.cu), and the largest head_dim it takes (FA_MAX_HD).
+const FLASH_BQ: usize = 64;
+const FLASH_BK: usize = 32;
+const FLASH_THREADS: u32 = 256;
+pub const FLASH_MAX_HD: usize = 512;
+
+/// Dynamic shared memory of flash_attn_prefill: the Q block and one K and one V tile, rows of
+/// HD + 8 bf16.
+pub const fn flash_smem_bytes(hd: usize) -> usize {
+    (FLASH_BQ + 2 * FLASH_BK) * (hd + 8) * 2
 }
 
 fn blocks(n: usize, per: usize) -> u32 {
@@ -338,18 +351,68 @@ impl Gpu {
         self.launch("kv_append", (blocks(nkv * hd, 256), m as u32, 1), 256, &mut a)
     }
 
-    pub fn softmax_causal(
+    /// Causal attention of one entry's `len` new queries (qkv rows `row0..row0 + len`, at
+    /// positions `past..past + len` of cache slot `slot`) over its K/V cache, on the tensor cores
+    /// with an online softmax (csrc/flash_attn.cu). Writes `out` rows `row0..` (row stride `ldo`),
+    /// head h at columns h·HD. `dims` = (NA, NKV, HD, ctx); HD % 16 == 0 and HD ≤ [`FLASH_MAX_HD`].
+    pub fn flash_attn_prefill(
         &self,
-        s: u64,
-        p: u64,
-        rows: usize,
-        tq: usize,
-        nk: usize,
-        past_q0: usize,
+        qkv: u64,
+        ldqkv: usize,
+        row0: usize,
+        kc: u64,
+        vc: u64,
+        out: u64,
+        ldo: usize,
+        len: usize,
+        past: usize,
+        slot: usize,
+        dims: (usize, usize, usize, usize),
+        scale: f32,
     ) -> Result<()> {
+        let (na, nkv, hd, ctx) = dims;
+        // The kernel copies 16-byte pieces of Q, K and V rows and stores bf16 pairs of O.
+        let fits = hd % 16 == 0
+            && hd <= FLASH_MAX_HD
+            && nkv > 0
+            && na % nkv == 0
+            && ldqkv % 8 == 0
+            && ldo % 2 == 0
+            && [qkv, kc, vc].iter().all(|p| p % 16 == 0)
+            && out % 4 == 0
+            && past + len <= ctx;
+        if !fits {
+            return Err(ZambaError::Cuda {
+                context: "launching flash_attn_prefill".into(),
+                message: format!(
+                    "unsupported geometry: NA {na}, NKV {nkv}, HD {hd}, ldqkv {ldqkv}, ldo {ldo}, \
+                     past {past} + len {len} vs ctx {ctx}, or misaligned buffers"
+                ),
+            });
+        }
         let mut a = Args::new();
-        a.push(s).push(p).push(i(tq)).push(i(nk)).push(i(past_q0));
-        self.launch("softmax_causal", (rows as u32, 1, 1), 256, &mut a)
+        a.push(qkv)
+            .push(i(ldqkv))
+            .push(i(row0))
+            .push(kc)
+            .push(vc)
+            .push(out)
+            .push(i(ldo))
+            .push(i(len));
+        a.push(i(past))
+            .push(i(slot))
+            .push(i(na))
+            .push(i(nkv))
+            .push(i(hd))
+            .push(i(ctx))
+            .push(scale);
+        self.launch_smem(
+            "flash_attn_prefill",
+            (na as u32, blocks(len, FLASH_BQ), 1),
+            FLASH_THREADS,
+            flash_smem_bytes(hd) as u32,
+            &mut a,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -8,9 +8,6 @@ use crate::error::Result;
 /// Keys per flash-decoding split.
 pub const SPLIT_LEN: usize = 128;
 
-/// Budget for the prefill attention scores (fp32) and probabilities (bf16).
-const SCORES_BYTES: usize = 96 << 20;
-
 /// Budget for one lm_head piece (fp32 logits).
 const LOGITS_BYTES: usize = 128 << 20;
 
@@ -47,10 +44,6 @@ pub struct Workspace {
     pub act: DeviceBuf,
     pub t: DeviceBuf,
     pub tl: DeviceBuf,
-    /// Prefill attention scores (fp32) and probabilities (bf16), `scores_elems` each.
-    pub scores: DeviceBuf,
-    pub probs: DeviceBuf,
-    pub scores_elems: usize,
     /// Flash-decoding partials: `[slots, NA, splits, HD]` and `[slots, NA, splits, 2]`.
     pub part_acc: DeviceBuf,
     pub part_ml: DeviceBuf,
@@ -75,7 +68,6 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -
         cfg.attention_head_dim,
     );
     let splits = ctx.div_ceil(SPLIT_LEN);
-    let scores = scores_elems(cfg, ctx);
     let rows = logit_rows(cfg, m.max(slots));
     let bf = 2;
     vec![
@@ -99,21 +91,12 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -
         ("act", m * f * bf),
         ("t", m * h * bf),
         ("tl", m * h * bf),
-        ("scores", scores * 4),
-        ("probs", scores * bf),
         ("part_acc", slots * na * splits * hd * 4),
         ("part_ml", slots * na * splits * 2 * 4),
         ("rows", m.max(slots) * 4),
         ("logits", rows * cfg.vocab_size * 4),
         ("argmax", m.max(slots) * 4),
     ]
-}
-
-/// Elements of the prefill score buffer: at least one query row against a full context, for all
-/// heads, else the budget.
-fn scores_elems(cfg: &ZambaConfig, ctx: usize) -> usize {
-    let row = cfg.num_attention_heads * ctx;
-    (SCORES_BYTES / 4).max(row).div_ceil(row) * row
 }
 
 /// Rows per lm_head piece.
@@ -157,9 +140,6 @@ impl Workspace {
             act: next("act")?,
             t: next("t")?,
             tl: next("tl")?,
-            scores: next("scores")?,
-            probs: next("probs")?,
-            scores_elems: scores_elems(cfg, ctx),
             part_acc: next("part_acc")?,
             part_ml: next("part_ml")?,
             split_len: SPLIT_LEN,
