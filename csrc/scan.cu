@@ -163,94 +163,91 @@ extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_
 // is rounded to bf16 before the bias because the unfused path (and prefill, whose scan reads the
 // bf16 dtr buffer) stores dt_proj's output as bf16: decode and prefill see the same dt.
 //
-// Launch: grid (NH * ceil(DH / DEC_WARPS), ceil(B / DEC_EB)), block DEC_WARPS * 32. A block owns
-// DEC_WARPS channels of one head (one warp per channel) and DEC_EB entries. Each warp reads its
-// channel's weight row once (lanes stride over it with bf16x2 loads, coalesced) and dots it with
-// the dt_low of all the block's entries, which the block stages in shared memory DEC_RT values at
-// a time; one warp_sum per entry. Then each half-warp updates one entry's 16 states (lane n owns
-// state n: 64 contiguous bytes per entry) and sums the C products over its 16 lanes.
+// For a few entries (the engine uses it for batches of at most 8; larger ones run the dt_proj GEMM
+// and ssm_decode). Needs R % 8 == 0 and R <= 256, so that one 16-byte chunk per lane covers a row.
+// Launch: grid (NH * ceil(DH / DEC_WARPS), ceil(B / DEC_EB)), block DEC_WARPS * 32. A warp owns one
+// channel c and the block's DEC_EB entries. It first issues every load that does not depend on dt
+// (its dt_proj row and each entry's dt_low as one 16-byte chunk per lane; A, D, bias; per entry u,
+// z, B, C and the state), so that the kernel waits for about one memory round trip; then each
+// entry's dot is a warp_sum, and half-warp j updates the 16 states (lane n owns state n) of
+// entries j, j + 2, ... and sums the C products over its 16 lanes.
 #define DEC_WARPS 8
-#define DEC_EB 8
-#define DEC_RT 256
+#define DEC_EB 4
+
+__device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* q = reinterpret_cast<const __nv_bfloat162*>(&b);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 x = __bfloat1622float2(p[i]), y = __bfloat1622float2(q[i]);
+        s = fmaf(x.x, y.x, fmaf(x.y, y.y, s));
+    }
+    return s;
+}
 
 extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     ssm_decode_dt(ScanArgs a, const bf16* __restrict__ dt_proj, const int* __restrict__ entry_slot,
                   int B, float* __restrict__ ssm_state, bf16* __restrict__ y) {
-    __shared__ __align__(16) float dtl[DEC_EB][DEC_RT];  // float2 reads below
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int blocks_per_head = (a.DH + DEC_WARPS - 1) / DEC_WARPS;
     const int h = blockIdx.x / blocks_per_head;
     const int d = (blockIdx.x % blocks_per_head) * DEC_WARPS + warp;
+    if (d >= a.DH) return;  // warp-uniform; no barriers below
     const int c = h * a.DH + d;
     const int b0 = blockIdx.y * DEC_EB;
     const int nb = min(DEC_EB, B - b0);
     const int XR = a.R + 2 * SCAN_N;
-    const bool active = d < a.DH;  // warp-uniform
-    const bf16* w = dt_proj + (size_t)c * a.R;
+    const int r8 = a.R / 8;
+    const int half = lane >> 4, n = lane & 15;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
 
-    float acc[DEC_EB];
-#pragma unroll
-    for (int e = 0; e < DEC_EB; ++e) acc[e] = 0.f;
-    for (int k0 = 0; k0 < a.R; k0 += DEC_RT) {
-        const int kn = min(DEC_RT, a.R - k0);
-        __syncthreads();  // the previous tile's readers are done
-        for (int i = threadIdx.x; i < nb * DEC_RT; i += blockDim.x) {
-            const int e = i / DEC_RT, k = i % DEC_RT;
-            if (k < kn) dtl[e][k] = to_f(a.xdbl[((size_t)(b0 + e) * a.NH + h) * XR + k0 + k]);
-        }
-        __syncthreads();
-        if (!active) continue;
-        if ((a.R & 1) == 0) {
-            // R even: every row starts 4-byte aligned and kn is even, so pairs never straddle.
-            for (int k = 2 * lane; k < kn; k += 64) {
-                const float2 wv = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(w + k0 + k));
-#pragma unroll
-                for (int e = 0; e < DEC_EB; ++e) {
-                    if (e < nb) {
-                        const float2 x = *reinterpret_cast<const float2*>(&dtl[e][k]);
-                        acc[e] = fmaf(wv.x, x.x, fmaf(wv.y, x.y, acc[e]));
-                    }
-                }
-            }
-        } else {
-            for (int k = lane; k < kn; k += 32) {
-                const float wv = to_f(w[k0 + k]);
-#pragma unroll
-                for (int e = 0; e < DEC_EB; ++e)
-                    if (e < nb) acc[e] = fmaf(wv, dtl[e][k], acc[e]);
-            }
-        }
-    }
-    if (!active) return;
+    // Loads that do not depend on dt, all issued before any is used.
+    const uint4 wv = lane < r8 ? __ldg(reinterpret_cast<const uint4*>(dt_proj + (size_t)c * a.R) + lane) : zero;
+    uint4 xv[DEC_EB];
 #pragma unroll
     for (int e = 0; e < DEC_EB; ++e)
-        if (e < nb) acc[e] = warp_sum(acc[e]);
-
-    const int half = lane >> 4, n = lane & 15;
+        xv[e] = (e < nb && lane < r8)
+                    ? __ldg(reinterpret_cast<const uint4*>(a.xdbl + ((size_t)(b0 + e) * a.NH + h) * XR) + lane)
+                    : zero;
     const float A = a.A[(size_t)c * SCAN_N + n];
     const float D = a.D[c], bias = a.dt_bias[c];
+    constexpr int PER_HALF = DEC_EB / 2;
+    float st[PER_HALF], bv[PER_HALF], cv[PER_HALF], u[PER_HALF], z[PER_HALF];
+    float* sp[PER_HALF];
 #pragma unroll
-    for (int e0 = 0; e0 < DEC_EB; e0 += 2) {
-        if (e0 >= nb) break;  // warp-uniform
-        const int e = e0 + half;
-        const bool ok = e < nb;
-        const float dot = half ? acc[e0 + 1] : acc[e0];
-        const int b = b0 + e;
-        float p = 0.f, u = 0.f, z = 0.f;
-        if (ok) {
-            // dt_proj's output is a bf16 tensor in the unfused path: round before the bias.
-            const float dt = softplus(round_bf(dot) + bias);
-            u = to_f(a.u[(size_t)b * a.DI + c]);
-            z = to_f(a.z[(size_t)b * a.ldz + c]);
+    for (int j = 0; j < PER_HALF; ++j) {
+        const int e = half + 2 * j, b = b0 + e;
+        sp[j] = nullptr;
+        st[j] = bv[j] = cv[j] = u[j] = z[j] = 0.f;
+        if (e < nb) {
             const bf16* bc = a.xdbl + ((size_t)b * a.NH + h) * XR + a.R;
-            float* st = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + n;
-            const float s = expf(dt * A) * *st + dt * to_f(bc[n]) * u;
-            *st = s;
-            p = s * to_f(bc[SCAN_N + n]);
+            sp[j] = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + n;
+            st[j] = *sp[j];
+            bv[j] = to_f(bc[n]);
+            cv[j] = to_f(bc[SCAN_N + n]);
+            u[j] = to_f(a.u[(size_t)b * a.DI + c]);
+            z[j] = to_f(a.z[(size_t)b * a.ldz + c]);
+        }
+    }
+    float dot[DEC_EB];
+#pragma unroll
+    for (int e = 0; e < DEC_EB; ++e) dot[e] = warp_sum(dot8_bf16(wv, xv[e]));
+#pragma unroll
+    for (int j = 0; j < PER_HALF; ++j) {
+        const int e = half + 2 * j;
+        const float dd = half ? dot[2 * j + 1] : dot[2 * j];
+        float p = 0.f;
+        if (e < nb) {
+            // dt_proj's output is a bf16 tensor in the unfused path: round before the bias.
+            const float dt = softplus(round_bf(dd) + bias);
+            const float s = expf(dt * A) * st[j] + dt * bv[j] * u[j];
+            *sp[j] = s;
+            p = s * cv[j];
         }
         // Sum over the 16 lanes of this half-warp (xor offsets < 16 stay inside it).
 #pragma unroll
         for (int o = 8; o > 0; o >>= 1) p += __shfl_xor_sync(0xffffffffu, p, o);
-        if (ok && n == 0) y[(size_t)b * a.DI + c] = to_bf((p + D * u) * silu(z));
+        if (e < nb && n == 0) y[(size_t)(b0 + e) * a.DI + c] = to_bf((p + D * u[j]) * silu(z[j]));
     }
 }

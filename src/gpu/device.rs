@@ -102,7 +102,7 @@ pub struct Gpu {
 
 /// Routing of skinny (decode) GEMMs. `ZAMBA_GEMV=0` forces cuBLAS and `ZAMBA_GEMV=1` our kernel
 /// for every GEMM of at most 8 rows, so that one binary can A/B them (BENCHMARKS.md); the default
-/// takes our kernel for single-row products only.
+/// takes our kernel for small single-row products only (see `kernels::SMALL_GEMV_BYTES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvMode {
     Cublas,

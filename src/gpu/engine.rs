@@ -19,7 +19,7 @@ use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
-use super::kernels::{ScanArgs, FLASH_MAX_HD};
+use super::kernels::{ssm_decode_dt_fits, ScanArgs, FLASH_MAX_HD};
 use super::loader::{check_free, GpuWeights};
 use super::mem::cu;
 use super::workspace::Workspace;
@@ -253,8 +253,10 @@ impl GpuModel {
                 },
             )?;
             // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
-            // Decode skips it: ssm_decode_dt computes dtr itself.
-            if !decode {
+            // Small decode batches skip it: ssm_decode_dt computes dtr itself (larger ones are
+            // faster through cuBLAS and one thread per channel).
+            let fused_dt = decode && m <= 8 && ssm_decode_dt_fits(r);
+            if !fused_dt {
                 gemm::run(
                     g,
                     blas,
@@ -286,8 +288,10 @@ impl GpuModel {
                 r: r as i32,
             };
             let ssm = self.states.ssm_at(i);
-            if decode {
+            if fused_dt {
                 g.ssm_decode_dt(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m)?;
+            } else if decode {
+                g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;
             } else {
                 let nc = self.batch.n_chunks;
                 if self.batch.multi_chunk {

@@ -59,6 +59,17 @@ pub const fn flash_smem_bytes(hd: usize) -> usize {
     (FLASH_BQ + 2 * FLASH_BK) * (hd + 8) * 2
 }
 
+/// Single-row GEMMs with fewer weight bytes than this go to csrc/gemv.cu by default: on the H200
+/// it beat cuBLAS on x_proj (3.9 against 7.8 µs) and lost on every large matrix, where cuBLAS
+/// reaches 72–100% of copy bandwidth (BENCHMARKS.md, `zamba-run bench --gemv-ab`).
+pub const SMALL_GEMV_BYTES: usize = 16 << 20;
+
+/// Whether the fused dt_proj + state update (`ssm_decode_dt`) handles dt_rank `r`: one 16-byte
+/// chunk per lane covers a row.
+pub fn ssm_decode_dt_fits(r: usize) -> bool {
+    r % 8 == 0 && r <= 256
+}
+
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
@@ -293,7 +304,7 @@ impl Gpu {
     }
 
     /// `ssm_decode` with dt_proj fused in: reads dt_low from `s.xdbl` and the bf16 dt_proj weight
-    /// (`[NH, DH, R]`) instead of `s.dtr`.
+    /// (`[NH, DH, R]`) instead of `s.dtr`. Needs [`ssm_decode_dt_fits`]`(R)`.
     pub fn ssm_decode_dt(
         &self,
         s: &ScanArgs,
@@ -303,8 +314,14 @@ impl Gpu {
         y: u64,
         b: usize,
     ) -> Result<()> {
+        if !ssm_decode_dt_fits(s.r as usize) {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "ssm_decode_dt needs dt_rank % 8 == 0 and ≤ 256, not {}",
+                s.r
+            )));
+        }
         // DEC_WARPS channels and DEC_EB entries per block (csrc/scan.cu).
-        let (warps, entries_per_block) = (8, 8);
+        let (warps, entries_per_block) = (8, 4);
         let mut a = Args::new();
         a.push(*s)
             .push(dt_proj)
@@ -523,7 +540,7 @@ impl Gpu {
             && (g.beta == 0.0 || g.beta == 1.0);
         let wanted = match self.gemv_mode {
             GemvMode::Cublas => false,
-            GemvMode::SingleRow => g.m == 1,
+            GemvMode::SingleRow => g.m == 1 && g.n * g.k * g.batch.max(1) * 2 < SMALL_GEMV_BYTES,
             GemvMode::UpTo8 => true,
         };
         if !fits || !wanted {
