@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -53,11 +53,20 @@ if has profile; then
       > "$out/ncu.csv"
   python3 scripts/kernel_summary.py < "$out/ncu.csv"
 fi
+if has profile-prefill; then
+  echo "=== ncu: a 512-token prefill (6 layers: 5 Mamba + 1 hybrid), twice"
+  ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+      --csv .gpu/bin/zamba-run bench --random --layers 6 -p 512 -n 1 --reps 1 2>/dev/null \
+      > "$out/ncu-prefill.csv"
+  python3 scripts/kernel_summary.py < "$out/ncu-prefill.csv"
+fi
 if has sanitize; then
   echo "=== compute-sanitizer memcheck on the whole-model tests (tiny-a)"
-  compute-sanitizer --tool memcheck --error-exitcode 9 .gpu/bin/test-gpu_model --test-threads=1 --skip zamba_7b \
-      2>&1 | tee "$out/sanitize.log" | grep -E "ERROR SUMMARY|test result|Invalid|out of bounds" | head -20
-  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  for t in gpu_model gpu_decode_step; do
+    compute-sanitizer --tool memcheck --error-exitcode 9 .gpu/bin/test-$t --test-threads=1 --skip zamba_7b \
+        2>&1 | tee -a "$out/sanitize.log" | grep -E "ERROR SUMMARY|test result|Invalid|out of bounds" | head -20
+    [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+  done
 fi
 if has criterion && [[ -x .gpu/bin/bench-throughput ]]; then
   echo "=== cargo bench (criterion)"
