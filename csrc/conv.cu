@@ -11,28 +11,44 @@
 // Prefill: out[m, c] = silu(bias[c] + sum_k w[c, k] * x(j - (K-1) + k)), j = m - entry_start[e],
 // where x(i) = xs[entry_start[e] + i, c] for i >= 0 and conv_state[slot, K-1+i, c] for i < 0.
 // xs rows have stride ldx (xs lives inside in_proj's [x | z] output). Does not touch the state:
-// conv_state_update runs after it. Launch: grid (ceil(DI/256), M), block 256.
+// conv_state_update runs after it. Each thread computes CONV_ROWS consecutive rows of one channel
+// (its taps loaded once; the rows' overlapping inputs come from L1), so that the loads of
+// neighbouring rows are in flight together.
+// Launch: grid (ceil(DI/256), ceil(M/CONV_ROWS)), block 256.
+#define CONV_ROWS 8
 extern "C" __global__ void conv1d_prefill(const bf16* __restrict__ xs, int ldx,
                                           const int* __restrict__ tok_entry,
                                           const int* __restrict__ entry_start,
                                           const int* __restrict__ entry_slot,
                                           const bf16* __restrict__ conv_state,
                                           const float* __restrict__ w, const float* __restrict__ bias,
-                                          bf16* __restrict__ out, int DI, int K) {
+                                          bf16* __restrict__ out, int M, int DI, int K) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int m = blockIdx.y;
     if (c >= DI) return;
-    const int e = tok_entry[m];
-    const int start = entry_start[e];
-    const int j = m - start;
-    const bf16* st = conv_state + (size_t)entry_slot[e] * (K - 1) * DI;
-    float acc = bias[c];
-    for (int k = 0; k < K; ++k) {
-        const int i = j - (K - 1) + k;
-        const float x = i >= 0 ? to_f(xs[(size_t)(start + i) * ldx + c]) : to_f(st[(size_t)(K - 1 + i) * DI + c]);
-        acc += w[c * K + k] * x;
+    float wc[MAX_CONV];
+#pragma unroll
+    for (int k = 0; k < MAX_CONV; ++k) wc[k] = k < K ? w[c * K + k] : 0.f;
+    const float b = bias[c];
+#pragma unroll
+    for (int r = 0; r < CONV_ROWS; ++r) {
+        const int m = blockIdx.y * CONV_ROWS + r;
+        if (m >= M) break;
+        const int e = tok_entry[m];
+        const int start = entry_start[e];
+        const int j = m - start;
+        const bf16* st = conv_state + (size_t)entry_slot[e] * (K - 1) * DI;
+        float acc = b;
+#pragma unroll
+        for (int k = 0; k < MAX_CONV; ++k) {
+            if (k < K) {
+                const int i = j - (K - 1) + k;
+                const float x =
+                    i >= 0 ? to_f(xs[(size_t)(start + i) * ldx + c]) : to_f(st[(size_t)(K - 1 + i) * DI + c]);
+                acc += wc[k] * x;
+            }
+        }
+        out[(size_t)m * DI + c] = to_bf(silu(acc));
     }
-    out[(size_t)m * DI + c] = to_bf(silu(acc));
 }
 
 // After conv1d_prefill: each entry's slot keeps the last K-1 inputs of (old state ++ new tokens):

@@ -63,20 +63,92 @@ __device__ __forceinline__ void scan_steps(const ScanArgs& a, int c, int t0, int
     }
 }
 
-// Step 1. Launch: grid (ceil(DI/128), n_chunks), block 128.
+// The prefill form of scan_steps for one block of SCAN_THREADS consecutive channels: the chunk's
+// inputs are staged in shared memory SCAN_TT timesteps at a time (every load of a tile issued
+// together and coalesced; B and C once per head and timestep instead of once per thread), so that
+// the serial loop over time waits on shared memory instead of one global round trip per step.
+// Needs NH <= SCAN_MAX_NH (the host checks).
+#define SCAN_THREADS 128
+#define SCAN_TT 32
+#define SCAN_MAX_NH 8
+
+struct ScanTile {
+    bf16 dtr[SCAN_TT][SCAN_THREADS];
+    bf16 u[SCAN_TT][SCAN_THREADS];
+    bf16 z[SCAN_TT][SCAN_THREADS];
+    bf16 bc[SCAN_TT][SCAN_MAX_NH][2 * SCAN_N];
+};
+
+template <bool OUT>
+__device__ __forceinline__ void scan_chunk_staged(const ScanArgs& a, ScanTile& sm, int t0, int len, float* s,
+                                                  float& dtsum, bf16* __restrict__ y) {
+    const int tid = threadIdx.x;
+    const int c = blockIdx.x * SCAN_THREADS + tid;
+    const bool live = c < a.DI;
+    const int h = live ? c / a.DH : 0;
+    const int XR = a.R + 2 * SCAN_N;
+    float A[SCAN_N];
+    float D = 0.f, bias = 0.f;
+    if (live) {
+#pragma unroll
+        for (int n = 0; n < SCAN_N; ++n) A[n] = a.A[(size_t)c * SCAN_N + n];
+        D = a.D[c];
+        bias = a.dt_bias[c];
+    }
+    for (int tt0 = 0; tt0 < len; tt0 += SCAN_TT) {
+        const int tl = min(SCAN_TT, len - tt0);
+        __syncthreads();  // the previous tile's readers are done
+        if (live) {
+            for (int j = 0; j < tl; ++j) {
+                const size_t t = (size_t)(t0 + tt0 + j);
+                sm.dtr[j][tid] = a.dtr[t * a.DI + c];
+                sm.u[j][tid] = a.u[t * a.DI + c];
+                if (OUT) sm.z[j][tid] = a.z[t * a.ldz + c];
+            }
+        }
+        for (int i = tid; i < tl * a.NH * 2 * SCAN_N; i += SCAN_THREADS) {
+            const int j = i / (a.NH * 2 * SCAN_N), r = i % (a.NH * 2 * SCAN_N);
+            const int hh = r / (2 * SCAN_N), n = r % (2 * SCAN_N);
+            sm.bc[j][hh][n] = a.xdbl[((size_t)(t0 + tt0 + j) * a.NH + hh) * XR + a.R + n];
+        }
+        __syncthreads();
+        if (!live) continue;
+        for (int j = 0; j < tl; ++j) {
+            const float dt = softplus(to_f(sm.dtr[j][tid]) + bias);
+            const float u = to_f(sm.u[j][tid]);
+            const bf16* bc = sm.bc[j][h];
+            float acc = 0.f;
+#pragma unroll
+            for (int n = 0; n < SCAN_N; ++n) {
+                s[n] = expf(dt * A[n]) * s[n] + dt * to_f(bc[n]) * u;
+                if (OUT) acc += s[n] * to_f(bc[SCAN_N + n]);
+            }
+            if (OUT) {
+                const float z = to_f(sm.z[j][tid]);
+                y[(size_t)(t0 + tt0 + j) * a.DI + c] = to_bf((acc + D * u) * silu(z));
+            } else {
+                dtsum += dt;
+            }
+        }
+    }
+}
+
+// Step 1. Launch: grid (ceil(DI/SCAN_THREADS), n_chunks), block SCAN_THREADS.
 // h_loc: fp32 [n_chunks, DI, N]; dtsum: fp32 [n_chunks, DI].
-extern "C" __global__ void scan_chunk_local(ScanArgs a, const int* __restrict__ chunk_t0,
-                                            const int* __restrict__ chunk_len,
-                                            const int* __restrict__ chunk_flags,
-                                            float* __restrict__ h_loc, float* __restrict__ dtsum) {
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+    scan_chunk_local(ScanArgs a, const int* __restrict__ chunk_t0, const int* __restrict__ chunk_len,
+                     const int* __restrict__ chunk_flags, float* __restrict__ h_loc,
+                     float* __restrict__ dtsum) {
+    __shared__ ScanTile sm;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int k = blockIdx.y;
-    if (c >= a.DI || (chunk_flags[k] & CHUNK_SINGLE)) return;
+    if (chunk_flags[k] & CHUNK_SINGLE) return;  // block-uniform
     float s[SCAN_N];
 #pragma unroll
     for (int n = 0; n < SCAN_N; ++n) s[n] = 0.f;
     float ds = 0.f;
-    scan_steps<false>(a, c, chunk_t0[k], chunk_len[k], s, ds, nullptr);
+    scan_chunk_staged<false>(a, sm, chunk_t0[k], chunk_len[k], s, ds, nullptr);
+    if (c >= a.DI) return;
     float* out = h_loc + ((size_t)k * a.DI + c) * SCAN_N;
 #pragma unroll
     for (int n = 0; n < SCAN_N; ++n) out[n] = s[n];
@@ -103,25 +175,25 @@ extern "C" __global__ void scan_chunk_combine(const float* __restrict__ A, const
     }
 }
 
-// Step 3. Launch: grid (ceil(DI/128), n_chunks), block 128. y: bf16 [M, DI].
-extern "C" __global__ void scan_chunk_output(ScanArgs a, const int* __restrict__ chunk_entry,
-                                             const int* __restrict__ chunk_t0,
-                                             const int* __restrict__ chunk_len,
-                                             const int* __restrict__ chunk_flags,
-                                             const int* __restrict__ entry_slot,
-                                             float* __restrict__ ssm_state, const float* __restrict__ s_in,
-                                             bf16* __restrict__ y) {
+// Step 3. Launch: grid (ceil(DI/SCAN_THREADS), n_chunks), block SCAN_THREADS. y: bf16 [M, DI].
+extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
+    scan_chunk_output(ScanArgs a, const int* __restrict__ chunk_entry, const int* __restrict__ chunk_t0,
+                      const int* __restrict__ chunk_len, const int* __restrict__ chunk_flags,
+                      const int* __restrict__ entry_slot, float* __restrict__ ssm_state,
+                      const float* __restrict__ s_in, bf16* __restrict__ y) {
+    __shared__ ScanTile sm;
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int k = blockIdx.y;
-    if (c >= a.DI) return;
+    const bool live = c < a.DI;
     const int flags = chunk_flags[k];
-    float* slot_state = ssm_state + ((size_t)entry_slot[chunk_entry[k]] * a.DI + c) * SCAN_N;
-    const float* init = (flags & CHUNK_SINGLE) ? slot_state : s_in + ((size_t)k * a.DI + c) * SCAN_N;
+    float* slot_state = ssm_state + ((size_t)entry_slot[chunk_entry[k]] * a.DI + (live ? c : 0)) * SCAN_N;
+    const float* init = (flags & CHUNK_SINGLE) ? slot_state : s_in + ((size_t)k * a.DI + (live ? c : 0)) * SCAN_N;
     float s[SCAN_N];
 #pragma unroll
-    for (int n = 0; n < SCAN_N; ++n) s[n] = init[n];
+    for (int n = 0; n < SCAN_N; ++n) s[n] = live ? init[n] : 0.f;
     float unused = 0.f;
-    scan_steps<true>(a, c, chunk_t0[k], chunk_len[k], s, unused, y);
+    scan_chunk_staged<true>(a, sm, chunk_t0[k], chunk_len[k], s, unused, y);
+    if (!live) return;
     if (flags & CHUNK_LAST) {
 #pragma unroll
         for (int n = 0; n < SCAN_N; ++n) slot_state[n] = s[n];

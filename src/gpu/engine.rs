@@ -610,6 +610,13 @@ fn check_supported(cfg: &ZambaConfig) -> Result<()> {
             cfg.mamba_d_state
         ));
     }
+    // SCAN_MAX_NH in csrc/scan.cu (mamba_d_conv ≤ 8 = MAX_CONV is checked with the config).
+    if cfg.n_mamba_heads > 8 {
+        return bad(format!(
+            "the CUDA scan handles at most 8 mamba heads, not {}",
+            cfg.n_mamba_heads
+        ));
+    }
     let hd = cfg.attention_head_dim;
     if hd % 16 != 0 || hd > FLASH_MAX_HD {
         return bad(format!(

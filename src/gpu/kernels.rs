@@ -162,9 +162,11 @@ impl Gpu {
             .push(w)
             .push(bias)
             .push(out)
+            .push(i(m))
             .push(i(di))
             .push(i(k));
-        self.launch("conv1d_prefill", (blocks(di, 256), m as u32, 1), 256, &mut a)
+        // CONV_ROWS rows per thread (csrc/conv.cu).
+        self.launch("conv1d_prefill", (blocks(di, 256), blocks(m, 8), 1), 256, &mut a)
     }
 
     pub fn conv_state_update(
