@@ -39,6 +39,10 @@ __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16
     return add ? round_bf(x + to_f(add[k])) : x;
 }
 
+// A row of up to NORM_HELD * blockDim.x values is read once and held in registers (with its
+// weights, loaded before the reduction), so the kernel waits for one round trip, not two; longer
+// rows fall back to reading twice.
+#define NORM_HELD 8
 extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
                                    const bf16* __restrict__ b, const int* __restrict__ rows,
                                    const bf16* __restrict__ w, bf16* __restrict__ out,
@@ -46,13 +50,30 @@ extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const 
     const int row = blockIdx.x;
     const size_t src = rows ? rows[row] : row;
     const int D = D1 + D2;
+    bf16* o = out + (size_t)row * D;
     float ss = 0.f;
+    if (D <= NORM_HELD * (int)blockDim.x) {
+        float xv[NORM_HELD], wv[NORM_HELD];
+#pragma unroll
+        for (int j = 0; j < NORM_HELD; ++j) {
+            const int i = threadIdx.x + j * blockDim.x;
+            xv[j] = i < D ? norm_input(a, a_f32, add, b, src, D1, D2, i) : 0.f;
+            wv[j] = i < D ? to_f(w[i]) : 0.f;
+            ss += xv[j] * xv[j];
+        }
+        const float r = rsqrtf(block_sum(ss) / (float)D + eps);
+#pragma unroll
+        for (int j = 0; j < NORM_HELD; ++j) {
+            const int i = threadIdx.x + j * blockDim.x;
+            if (i < D) o[i] = to_bf(wv[j] * round_bf(xv[j] * r));
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         const float x = norm_input(a, a_f32, add, b, src, D1, D2, i);
         ss += x * x;
     }
     const float r = rsqrtf(block_sum(ss) / (float)D + eps);
-    bf16* o = out + (size_t)row * D;
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         const float x = norm_input(a, a_f32, add, b, src, D1, D2, i);
         o[i] = to_bf(to_f(w[i]) * round_bf(x * r));

@@ -259,6 +259,25 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
         1e-6,
         tol,
     );
+
+    // Rows longer than the kernel holds in registers (8 per thread) take the two-pass path.
+    let d = 9001;
+    let long = rng.bf16_vec(2 * d, -3.0, 3.0);
+    let wl = rng.bf16_vec(d, 0.8, 1.2);
+    let (dl, dwl) = (up_bf16(&g, &long), up_bf16(&g, &wl));
+    let outl = poisoned(&g, 2 * d * 2);
+    g.rmsnorm(dl.ptr(), false, 0, 0, 0, dwl.ptr(), outl.ptr(), 2, d, 0, EPS)
+        .unwrap();
+    let want: Vec<f32> = (0..2)
+        .flat_map(|t| rms_hf(&long[t * d..(t + 1) * d], &wl))
+        .collect();
+    assert_close(
+        "long-row rmsnorm",
+        &down_bf16(&g, outl.ptr(), 2 * d),
+        &want,
+        1e-6,
+        tol,
+    );
 }
 
 #[test]
