@@ -26,7 +26,7 @@ extern "C" __global__ void embed_gather(const int* __restrict__ ids, const bf16*
 // with src = rows ? rows[row] : row (rows picks e.g. each sequence's last token for the logits).
 // With a bf16 `a`, a + add is rounded to bf16 first, like HF's bf16 residual add; with the
 // engine's fp32 residual stream it stays fp32. `add`, `b` and `rows` may be null.
-// Launch: grid (n_rows), block 256, or 1024 for rows of 2048 or more.
+// Launch: grid (n_rows), block 256, or 1024 for up to 64 rows of 2048 or more.
 __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16* add, const bf16* b,
                                             size_t src, int D1, int D2, int i) {
     if (i >= D1) return to_f(b[src * D2 + (i - D1)]);
@@ -42,7 +42,7 @@ __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16
 // A row of up to NORM_HELD * blockDim.x values is read once and held in registers (with its
 // weights, loaded before the reduction), so the kernel waits for one round trip, not two; longer
 // rows fall back to reading twice.
-#define NORM_HELD 8
+#define NORM_HELD 16
 extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
                                    const bf16* __restrict__ b, const int* __restrict__ rows,
                                    const bf16* __restrict__ w, bf16* __restrict__ out,

@@ -68,15 +68,18 @@ __device__ __forceinline__ void scan_steps(const ScanArgs& a, int c, int t0, int
 // together and coalesced; B and C once per head and timestep instead of once per thread), so that
 // the serial loop over time waits on shared memory instead of one global round trip per step.
 // Needs NH <= SCAN_MAX_NH (the host checks).
+// B and C are converted to fp32 once, when staged, and read back as float4 (broadcast: every
+// thread of a head reads the same values); exp(dt·A) is exp2(dt·A·log2 e), one MUFU op.
 #define SCAN_THREADS 128
 #define SCAN_TT 32
-#define SCAN_MAX_NH 8
+#define SCAN_MAX_NH 4
+#define LOG2E 1.4426950408889634f
 
 struct ScanTile {
     bf16 dtr[SCAN_TT][SCAN_THREADS];
     bf16 u[SCAN_TT][SCAN_THREADS];
     bf16 z[SCAN_TT][SCAN_THREADS];
-    bf16 bc[SCAN_TT][SCAN_MAX_NH][2 * SCAN_N];
+    float4 bc[SCAN_TT][SCAN_MAX_NH][2 * SCAN_N / 4];
 };
 
 template <bool OUT>
@@ -87,11 +90,11 @@ __device__ __forceinline__ void scan_chunk_staged(const ScanArgs& a, ScanTile& s
     const bool live = c < a.DI;
     const int h = live ? c / a.DH : 0;
     const int XR = a.R + 2 * SCAN_N;
-    float A[SCAN_N];
+    float A2[SCAN_N];  // A · log2 e
     float D = 0.f, bias = 0.f;
     if (live) {
 #pragma unroll
-        for (int n = 0; n < SCAN_N; ++n) A[n] = a.A[(size_t)c * SCAN_N + n];
+        for (int n = 0; n < SCAN_N; ++n) A2[n] = a.A[(size_t)c * SCAN_N + n] * LOG2E;
         D = a.D[c];
         bias = a.dt_bias[c];
     }
@@ -109,19 +112,25 @@ __device__ __forceinline__ void scan_chunk_staged(const ScanArgs& a, ScanTile& s
         for (int i = tid; i < tl * a.NH * 2 * SCAN_N; i += SCAN_THREADS) {
             const int j = i / (a.NH * 2 * SCAN_N), r = i % (a.NH * 2 * SCAN_N);
             const int hh = r / (2 * SCAN_N), n = r % (2 * SCAN_N);
-            sm.bc[j][hh][n] = a.xdbl[((size_t)(t0 + tt0 + j) * a.NH + hh) * XR + a.R + n];
+            reinterpret_cast<float*>(sm.bc[j][hh])[n] = to_f(a.xdbl[((size_t)(t0 + tt0 + j) * a.NH + hh) * XR + a.R + n]);
         }
         __syncthreads();
         if (!live) continue;
         for (int j = 0; j < tl; ++j) {
             const float dt = softplus(to_f(sm.dtr[j][tid]) + bias);
             const float u = to_f(sm.u[j][tid]);
-            const bf16* bc = sm.bc[j][h];
+            float bc[2 * SCAN_N];
+#pragma unroll
+            for (int q = 0; q < (OUT ? 2 : 1) * SCAN_N / 4; ++q) {
+                const float4 v = sm.bc[j][h][q];
+                bc[4 * q] = v.x; bc[4 * q + 1] = v.y; bc[4 * q + 2] = v.z; bc[4 * q + 3] = v.w;
+            }
+            const float du = dt * u;
             float acc = 0.f;
 #pragma unroll
             for (int n = 0; n < SCAN_N; ++n) {
-                s[n] = expf(dt * A[n]) * s[n] + dt * to_f(bc[n]) * u;
-                if (OUT) acc += s[n] * to_f(bc[SCAN_N + n]);
+                s[n] = exp2f(dt * A2[n]) * s[n] + du * bc[n];
+                if (OUT) acc += s[n] * bc[SCAN_N + n];
             }
             if (OUT) {
                 const float z = to_f(sm.z[j][tid]);

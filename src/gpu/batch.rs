@@ -10,7 +10,7 @@ use super::mem::{DeviceBuf, PinnedBuf};
 use crate::error::Result;
 
 /// Tokens per scan chunk (csrc/scan.cu): each (chunk, channel) pair is one thread.
-pub const SCAN_CHUNK: usize = 64;
+pub const SCAN_CHUNK: usize = 32;
 
 /// One sequence's part of a forward.
 #[derive(Clone, Copy, Debug)]

@@ -611,9 +611,9 @@ fn check_supported(cfg: &ZambaConfig) -> Result<()> {
         ));
     }
     // SCAN_MAX_NH in csrc/scan.cu (mamba_d_conv ≤ 8 = MAX_CONV is checked with the config).
-    if cfg.n_mamba_heads > 8 {
+    if cfg.n_mamba_heads > 4 {
         return bad(format!(
-            "the CUDA scan handles at most 8 mamba heads, not {}",
+            "the CUDA scan handles at most 4 mamba heads, not {}",
             cfg.n_mamba_heads
         ));
     }

@@ -127,8 +127,13 @@ impl Gpu {
             .push(i(d1))
             .push(i(d2))
             .push(eps);
-        // One block per row: a wide block for long rows, so that one row is not a long serial loop.
-        let threads = if d1 + d2 >= 2048 { 1024 } else { 256 };
+        // One block per row. A few long rows (decode) get wide blocks, so that one row is not a
+        // long serial loop; many rows (prefill) get 256 threads, so that more rows run at once.
+        let threads = if d1 + d2 >= 2048 && n_rows <= 64 {
+            1024
+        } else {
+            256
+        };
         self.launch("rmsnorm", (n_rows as u32, 1, 1), threads, &mut a)
     }
 
