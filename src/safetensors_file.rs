@@ -218,6 +218,9 @@ impl SafetensorsFile {
         // safetensors format (and every loader of it) assumes does not happen. All reads go through
         // ranges checked against the map's length below.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ZambaError::io("safetensors file", path, e))?;
+        // Tensors are read front to back, once: let the kernel read ahead (advice only; a failure
+        // changes nothing but speed).
+        let _ = map.advise(memmap2::Advice::Sequential);
         let header_len = u64::from_le_bytes(map[..8].try_into().expect("8 bytes"));
         if header_len > MAX_HEADER {
             return Err(bad(format!(

@@ -335,15 +335,17 @@ fn upload(st: &mut Stager, ck: &Checkpoint, slot: &Slot, dst: u64) -> Result<()>
             while r0 < rows {
                 let r1 = (r0 + per).min(rows);
                 st.put_with(dst + (r0 * row_bytes) as u64, (r1 - r0) * row_bytes, |buf| {
-                    for r in r0..r1 {
-                        let src = if r < rows / 2 {
-                            2 * r
-                        } else {
-                            2 * (r - rows / 2) + 1
-                        };
-                        buf[(r - r0) * row_bytes..(r - r0 + 1) * row_bytes]
-                            .copy_from_slice(&t.bytes[src * row_bytes..(src + 1) * row_bytes]);
-                    }
+                    par_fill(buf, row_bytes, |first, rows_out| {
+                        for (k, out) in rows_out.chunks_mut(row_bytes).enumerate() {
+                            let r = r0 + first + k;
+                            let src = if r < rows / 2 {
+                                2 * r
+                            } else {
+                                2 * (r - rows / 2) + 1
+                            };
+                            out.copy_from_slice(&t.bytes[src * row_bytes..(src + 1) * row_bytes]);
+                        }
+                    })
                 })?;
                 r0 = r1;
             }
@@ -365,6 +367,30 @@ fn put_tensor(st: &mut Stager, t: &TensorRef, ty: Ty, dst: u64) -> Result<()> {
             st.put_bytes(dst, bytemuck::cast_slice(&v))
         }
     }
+}
+
+/// Fills `buf` from several threads: `fill(first, part)` writes the part of `buf` that starts at
+/// unit `first` (a unit is `unit` bytes; parts are whole units). One thread copying from the page
+/// cache (faulting the mmap in as it goes) is what limited loading; the GPU machine has cores to
+/// spare.
+fn par_fill(buf: &mut [u8], unit: usize, fill: impl Fn(usize, &mut [u8]) + Sync) {
+    let units = buf.len() / unit;
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8)
+        .min(buf.len().div_ceil(4 << 20))
+        .max(1);
+    if threads == 1 {
+        fill(0, buf);
+        return;
+    }
+    let per = units.div_ceil(threads);
+    std::thread::scope(|s| {
+        for (i, part) in buf.chunks_mut(per * unit).enumerate() {
+            let fill = &fill;
+            s.spawn(move || fill(i * per, part));
+        }
+    });
 }
 
 /// Two pinned buffers used in turn: the host fills one while the other's copy runs.
@@ -417,7 +443,9 @@ impl<'g> Stager<'g> {
     fn put_bytes(&mut self, dst: u64, bytes: &[u8]) -> Result<()> {
         for (k, piece) in bytes.chunks(self.capacity()).enumerate() {
             self.put_with(dst + (k * self.capacity()) as u64, piece.len(), |b| {
-                b.copy_from_slice(piece)
+                par_fill(b, 1, |first, out| {
+                    out.copy_from_slice(&piece[first..first + out.len()])
+                })
             })?;
         }
         Ok(())
@@ -437,6 +465,32 @@ impl Drop for Stager<'_> {
             unsafe {
                 let _ = result::event::destroy(e);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::par_fill;
+
+    #[test]
+    fn par_fill_writes_every_unit_once_in_place() {
+        // 20 MB of 7-byte units (so parts split at unit boundaries that are not powers of two),
+        // plus a small buffer that stays on one thread.
+        for (len, unit) in [(20_000_003 * 7, 7), (1000, 1)] {
+            let mut buf = vec![0u8; len];
+            par_fill(&mut buf, unit, |first, part| {
+                assert_eq!(part.len() % unit, 0, "parts are whole units");
+                for (k, b) in part.iter_mut().enumerate() {
+                    let i = first * unit + k;
+                    *b = (i % 251) as u8 + 1;
+                }
+            });
+            let bad = buf
+                .iter()
+                .enumerate()
+                .position(|(i, &b)| b != (i % 251) as u8 + 1);
+            assert_eq!(bad, None, "byte {bad:?} of {len}");
         }
     }
 }
