@@ -24,7 +24,9 @@ if has tests; then
   done
 fi
 if has bench; then
-  for args in "-p 512 -n 64 -b 1" "-p 2048 -n 16 -b 1" "-p 4000 -n 32 -b 1" "-p 512 -n 32 -b 64"; do
+  # The last one: context 4096 with the prompt prefilled in pieces of 512 (the memory figure).
+  for args in "-p 512 -n 64 -b 1" "-p 2048 -n 16 -b 1" "-p 4000 -n 32 -b 1" "-p 512 -n 32 -b 64" \
+      "-p 4000 -n 95 -b 1 --max-tokens 512 --reps 1"; do
     echo "=== zamba-run bench --random $args"
     .gpu/bin/zamba-run bench --random $args 2>&1 | tee -a "$out/bench.log"
   done

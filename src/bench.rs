@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Timed repetitions (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub reps: usize,
+    /// Most tokens per forward (longer prompts are prefilled in pieces); default: the whole
+    /// batch's prompts, at most 8192.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -155,7 +159,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         slots: a.batch,
         max_context: Some(ctx),
         // Longer batched prompts are prefilled in rounds of at most 8192 tokens.
-        max_tokens: (a.prompt * a.batch).clamp(a.batch, 8192.max(a.batch)),
+        max_tokens: a
+            .max_tokens
+            .unwrap_or((a.prompt * a.batch).clamp(a.batch, 8192.max(a.batch))),
         device: 0,
     };
     let t_load = Instant::now();
@@ -240,6 +246,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "layers": cfg.num_hidden_layers,
             "load_s": load_s,
             "gpu_mem_used_gb": (total - free) as f64 / 1e9,
+            "engine_state_gb": model.state_bytes() as f64 / 1e9,
             "weights_gb": model.weight_bytes() as f64 / 1e9,
             "copy_tb_s": roof.copy_bytes_per_s / 1e12,
             "gemm_tflop_s": roof.gemm_flops_per_s / 1e12,
@@ -251,12 +258,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         println!("{j}");
     } else {
         println!(
-            "roofline (measured now): copy {:.2} TB/s, bf16 GEMM {:.0} TFLOP/s; decode reads {:.2} GB of weights/step; GPU memory used {:.2} GB (weights {:.2} GB, loaded in {:.2} s)",
+            "roofline (measured now): copy {:.2} TB/s, bf16 GEMM {:.0} TFLOP/s; decode reads {:.2} GB of weights/step; GPU memory used {:.2} GB (weights {:.2} GB, caches + workspaces {:.2} GB, loaded in {:.2} s)",
             roof.copy_bytes_per_s / 1e12,
             roof.gemm_flops_per_s / 1e12,
             step_bytes / 1e9,
             (total - free) as f64 / 1e9,
             model.weight_bytes() as f64 / 1e9,
+            model.state_bytes() as f64 / 1e9,
             load_s
         );
         println!("| test | batch | ms | tokens/s | % of roofline |");

@@ -139,6 +139,15 @@ impl GpuModel {
         self.use_graphs = on;
     }
 
+    /// Bytes of device memory the engine allocated besides the weights: the caches, the
+    /// workspaces, the batch description and the cuBLAS workspace (the CUDA context and the
+    /// loaded kernels come on top).
+    pub fn state_bytes(&self) -> usize {
+        SlotStates::bytes(&self.cfg, self.opts.slots, self.ctx)
+            + Workspace::bytes(&self.cfg, self.opts.max_tokens, self.opts.slots, self.ctx)
+            + gemm::WORKSPACE
+    }
+
     /// Bytes of device memory held by the weights.
     pub fn weight_bytes(&self) -> usize {
         self.w.bytes

@@ -73,7 +73,8 @@ pub struct Blas {
     _workspace: DeviceBuf,
 }
 
-const WORKSPACE: usize = 32 << 20;
+/// cuBLAS workspace bytes.
+pub const WORKSPACE: usize = 32 << 20;
 
 fn check(what: &str, r: std::result::Result<(), cublas::CublasError>) -> Result<()> {
     r.map_err(|e| ZambaError::Cuda {
