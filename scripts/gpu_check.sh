@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill|profile-b64|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -61,6 +61,13 @@ if has profile-prefill; then
       --csv .gpu/bin/zamba-run bench --random --layers 6 -p 512 -n 1 --reps 1 2>/dev/null \
       > "$out/ncu-prefill.csv"
   python3 scripts/kernel_summary.py < "$out/ncu-prefill.csv"
+fi
+if has profile-b64; then
+  echo "=== ncu: decode steps at batch 64, context 512 (6 layers: 5 Mamba + 1 hybrid)"
+  ncu --graph-profiling node --cache-control none --clock-control none --metrics gpu__time_duration.sum \
+      --csv .gpu/bin/zamba-run bench --random --layers 6 -p 512 -n 3 -b 64 --reps 1 2>/dev/null \
+      > "$out/ncu-b64.csv"
+  python3 scripts/kernel_summary.py < "$out/ncu-b64.csv"
 fi
 if has sanitize; then
   echo "=== compute-sanitizer memcheck on the whole-model tests (tiny-a)"
