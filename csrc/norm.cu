@@ -42,7 +42,7 @@ __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16
 // A row of up to NORM_HELD * blockDim.x values is read once and held in registers (with its
 // weights, loaded before the reduction), so the kernel waits for one round trip, not two; longer
 // rows fall back to reading twice.
-#define NORM_HELD 16
+#define NORM_HELD 8
 extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
                                    const bf16* __restrict__ b, const int* __restrict__ rows,
                                    const bf16* __restrict__ w, bf16* __restrict__ out,

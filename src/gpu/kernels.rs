@@ -128,7 +128,8 @@ impl Gpu {
             .push(i(d2))
             .push(eps);
         // One block per row. A few long rows (decode) get wide blocks, so that one row is not a
-        // long serial loop; many rows (prefill) get 256 threads, so that more rows run at once.
+        // long serial loop; many rows (prefill) get 256 threads, so that more rows run at once
+        // (rows longer than NORM_HELD · 256 = 2048 then take the kernel's two-pass path).
         let threads = if d1 + d2 >= 2048 && n_rows <= 64 {
             1024
         } else {
