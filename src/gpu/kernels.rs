@@ -53,10 +53,12 @@ const FLASH_BK: usize = 32;
 const FLASH_THREADS: u32 = 256;
 pub const FLASH_MAX_HD: usize = 512;
 
-/// Dynamic shared memory of flash_attn_prefill: the Q block and one K and one V tile, rows of
-/// HD + 8 bf16.
+/// Dynamic shared memory of flash_attn_prefill (`fa_smem_bytes` in csrc/flash_attn.cu): the Q
+/// block and one K and one V tile, rows of HD + 8 bf16; each warp pair's P (one 16-byte A
+/// fragment per lane per 16-key step); the warps' row maxima and row sums (16 fp32 each).
 pub const fn flash_smem_bytes(hd: usize) -> usize {
-    (FLASH_BQ + 2 * FLASH_BK) * (hd + 8) * 2
+    let pairs = FLASH_THREADS as usize / 64;
+    (FLASH_BQ + 2 * FLASH_BK) * (hd + 8) * 2 + pairs * (FLASH_BK / 16) * 32 * 16 + 2 * pairs * 2 * 16 * 4
 }
 
 /// Single-row GEMMs with fewer weight bytes than this go to csrc/gemv.cu by default: on the H200
