@@ -7,10 +7,11 @@
 // step's rows); Q from qkv rows row0 + t (row stride ldqkv, head h at columns h*HD); O goes to
 // `out` rows row0 + t (row stride ldo) at columns h*HD, rounded to bf16.
 //
-// Tiling. A block takes FA_BQ = 64 queries of one head and walks the key tiles of BK = 32 keys
-// that any of its queries can see (tiles past the causal limit are never loaded). Shared memory
-// holds the Q block, one K tile and one V tile, each row padded to HD + 8 bf16 so that the 8 row
-// addresses of an ldmatrix fall in distinct banks. 8 warps: warps 2i and 2i+1 (a pair) own queries
+// Tiling. A block takes FA_BQ = 64 queries of one head and walks the key tiles of BK = 64 keys
+// (32 in flash_attn_prefill_k32, see Launch) that any of its queries can see (tiles past the
+// causal limit are never loaded). Shared memory holds the Q block, one K tile and one V tile, each
+// row padded to HD + 8 bf16 so that the 8 row addresses of an ldmatrix fall in distinct banks,
+// and the pairs' P and row statistics. 8 warps: warps 2i and 2i+1 (a pair) own queries
 // 16i..16i+15 of the block. Each warp of a pair computes S = Q K^T for its half of the tile's keys
 // (16 x BK/2, mma over HD/16 k-steps: no Q K^T is computed twice) and keeps the output
 // accumulator for its half of the head dimension (HD/16 n8 tiles: 29 for HD = 464, so 116 fp32
@@ -33,18 +34,23 @@
 //
 // Pipeline (cp.async, one K and one V buffer): the V tile loads while S and the softmax run, and
 // the next K tile loads while P V runs; two block barriers and one pair barrier per tile. Each
-// thread walks its 16-byte pieces of a tile without a division per piece (FaCopyPlan).
+// thread walks its 16-byte pieces of a tile without a division per piece (FaCopyPlan). A second
+// K and V buffer of 64 keys would not fit (302 KB at HD = 464), and Q stays in shared memory,
+// re-read every tile: its fragments would take another 116 registers per thread next to O's.
 //
 // Rows past `len` in the last query block are loaded as zeros, computed (they see every valid
 // key) and not written. K/V rows at positions >= past + min(q0 + 64, len) are never read from
 // global memory: they are zero-filled in shared memory (the cache may hold anything there) and
 // masked. Needs HD % 16 == 0 and HD <= FA_MAX_HD (src/gpu/engine.rs checks).
 //
-// Launch: grid (NA, ceil(len / 64)), block 256, dynamic shared memory fa_smem_bytes(32, HD) =
-// (64 + 2 * 32) * (HD + 8) * 2 + 5120 bytes (123 KB for HD = 464; the launcher raises the 48 KB
-// default at load time). Block y takes query block ceil(len/64) - 1 - y, so the longest blocks
-// start first. ptxas (CUDA 13.0): 194 registers on sm_80, 200 on sm_90, no spills (16 barriers
-// reserved: the pair barrier's id is a register); one block (8 warps) per SM.
+// Launch: grid (NA, ceil(len / 64)), block 256, dynamic shared memory fa_smem_bytes(BK, HD) =
+// (64 + 2 BK) (HD + 8) 2 + 128 BK + 1024 bytes: for HD = 464, 186 KB with BK = 64
+// (flash_attn_prefill) and 123 KB with BK = 32 (flash_attn_prefill_k32). The launcher raises the
+// 48 KB default at load time, capped at what the GPU allows, and runs the 64-key kernel where it
+// fits (the H100/H200 allow 227 KB; the A100, 163 KB, runs the 32-key one). Block y takes query
+// block ceil(len/64) - 1 - y, so the longest blocks start first. ptxas (CUDA 13.0), no spills:
+// BK = 64, 212 registers on sm_80 and 215 on sm_90; BK = 32, 194 and 200 (16 barriers reserved:
+// the pair barrier's id is a register); one block (8 warps) per SM.
 #include "common.cuh"
 
 #define FA_BQ 64
@@ -362,9 +368,18 @@ __device__ __forceinline__ void fa_prefill(const bf16* __restrict__ qkv, int ldq
         }
 }
 
+// 64-key tiles (186 KB of shared memory at HD = 464: GPUs that allow a block about 190 KB or more,
+// such as the H100/H200), and 32-key tiles for the others (123 KB: the A100). The launcher picks.
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, 1)
     flash_attn_prefill(const bf16* __restrict__ qkv, int ldqkv, int row0, const bf16* __restrict__ kc,
                        const bf16* __restrict__ vc, bf16* __restrict__ out, int ldo, int len, int past,
                        int slot, int NA, int NKV, int HD, int ctx, float scale) {
+    fa_prefill<64>(qkv, ldqkv, row0, kc, vc, out, ldo, len, past, slot, NA, NKV, HD, ctx, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, 1)
+    flash_attn_prefill_k32(const bf16* __restrict__ qkv, int ldqkv, int row0, const bf16* __restrict__ kc,
+                           const bf16* __restrict__ vc, bf16* __restrict__ out, int ldo, int len, int past,
+                           int slot, int NA, int NKV, int HD, int ctx, float scale) {
     fa_prefill<32>(qkv, ldqkv, row0, kc, vc, out, ldo, len, past, slot, NA, NKV, HD, ctx, scale);
 }

@@ -854,6 +854,19 @@ fn attention_prefill_and_decode_with_kv_cache() {
     attention_case(&g, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
 }
 
+/// The 32-key-tile flash prefill kernel (what GPUs with less shared memory per block than the
+/// H100's run) on the prefill cases above; the test above runs the 64-key one on such GPUs.
+#[test]
+fn attention_prefill_32_key_tiles() {
+    let Some(mut g) = gpu_or_skip("attention with 32-key tiles") else {
+        return;
+    };
+    g.flash_small_tiles = true;
+    attention_case(&g, NA, &[(2, 1, 0), (0, 7, 5), (3, 333, 100), (1, 700, 1349)], 5);
+    attention_case(&g, NA, &[(3, 65, 31), (2, 129, 95), (1, 193, 127)], 9);
+    attention_case(&g, 4, &[(0, 9, 3), (2, 200, 57), (1, 130, 95)], 7);
+}
+
 #[test]
 fn cublas_linear_batched_and_accumulate() {
     let Some(g) = gpu_or_skip("gemm") else { return };
