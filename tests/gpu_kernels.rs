@@ -839,14 +839,32 @@ fn attention_prefill_and_decode_with_kv_cache() {
     // Prefill: fresh sequences, a continuation (chunked prefill) and a long one.
     attention_case(&g, NA, &[(2, 1, 0), (0, 7, 5), (3, 333, 100), (1, 700, 1349)], 5);
     // A long prompt (33 query blocks of the flash kernel, the last one with a single query), and
-    // a continuation whose length and past are multiples of neither the query block (64) nor the
-    // key tile (32).
-    attention_case(&g, NA, &[(0, 2049, 0), (3, 65, 31)], 9);
+    // continuations whose length and past are multiples of neither the query block (64) nor the
+    // key tile (len 64·k + 1, past 32·k + 31).
+    attention_case(
+        &g,
+        NA,
+        &[(0, 2049, 0), (3, 65, 31), (2, 129, 95), (1, 193, 127)],
+        9,
+    );
     // Decode: one query each, up to 2049 keys.
     attention_case(&g, NA, &[(1, 1, 2048), (3, 1, 332), (0, 1, 0)], 6);
     // GQA: 16 query heads over 4 kv heads.
     attention_case(&g, 4, &[(0, 9, 3), (2, 200, 57), (1, 130, 95)], 7);
     attention_case(&g, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
+}
+
+/// The 32-key-tile flash prefill kernel (what GPUs with less shared memory per block than the
+/// H100's run) on the prefill cases above; the test above runs the 64-key one on such GPUs.
+#[test]
+fn attention_prefill_32_key_tiles() {
+    let Some(mut g) = gpu_or_skip("attention with 32-key tiles") else {
+        return;
+    };
+    g.flash_small_tiles = true;
+    attention_case(&g, NA, &[(2, 1, 0), (0, 7, 5), (3, 333, 100), (1, 700, 1349)], 5);
+    attention_case(&g, NA, &[(3, 65, 31), (2, 129, 95), (1, 193, 127)], 9);
+    attention_case(&g, 4, &[(0, 9, 3), (2, 200, 57), (1, 130, 95)], 7);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
+use super::kernels::{flash_smem_bytes, FLASH_MAX_HD, FLASH_PREFILL_KERNELS};
 use super::mem::cu;
 use crate::error::{Result, ZambaError};
 
@@ -98,6 +99,9 @@ pub struct Gpu {
     functions: HashMap<&'static str, (sys::CUfunction, u32)>,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
+    /// Runs the flash prefill with 32-key tiles even where the 64-key kernel fits (what GPUs with
+    /// less shared memory per block run), so that tests can cover both kernels on one GPU.
+    pub flash_small_tiles: bool,
 }
 
 /// Routing of skinny (decode) GEMMs. `ZAMBA_GEMV=0` forces cuBLAS and `ZAMBA_GEMV=1` our kernel
@@ -135,6 +139,7 @@ const KERNELS: &[&str] = &[
     "ssm_decode_dt",
     "kv_append",
     "flash_attn_prefill",
+    "flash_attn_prefill_k32",
     "attn_decode",
     "attn_decode_combine",
     "argmax_rows",
@@ -150,10 +155,16 @@ const DEFAULT_SMEM: usize = 48 << 10;
 /// Kernels that launch with more than `DEFAULT_SMEM` of dynamic shared memory, and the most they
 /// ever ask for. Set once at load time, capped at what the GPU allows (a launch asking for more
 /// than that fails with a clear error).
-const DYNAMIC_SMEM: &[(&str, usize)] = &[(
-    "flash_attn_prefill",
-    super::kernels::flash_smem_bytes(super::kernels::FLASH_MAX_HD),
-)];
+const DYNAMIC_SMEM: &[(&str, usize)] = &[
+    (
+        FLASH_PREFILL_KERNELS[0].0,
+        flash_smem_bytes(FLASH_MAX_HD, FLASH_PREFILL_KERNELS[0].1),
+    ),
+    (
+        FLASH_PREFILL_KERNELS[1].0,
+        flash_smem_bytes(FLASH_MAX_HD, FLASH_PREFILL_KERNELS[1].1),
+    ),
+];
 
 impl Gpu {
     /// Opens device `ordinal`, creates a stream and loads the embedded kernels.
@@ -198,6 +209,7 @@ impl Gpu {
             _module: module,
             functions,
             gemv_mode: GemvMode::from_env(),
+            flash_small_tiles: false,
         })
     }
 
@@ -215,6 +227,11 @@ impl Gpu {
         args: &mut Args,
     ) -> Result<()> {
         self.launch_smem(name, grid, block, 0, args)
+    }
+
+    /// The dynamic shared memory kernel `name` may launch with (bytes; 0 for an unknown name).
+    pub fn smem_limit(&self, name: &str) -> usize {
+        self.functions.get(name).map_or(0, |f| f.1 as usize)
     }
 
     /// Launches kernel `name` with `smem` bytes of dynamic shared memory (above 48 KB only for

@@ -46,17 +46,25 @@ pub struct BatchMeta {
     pub chunk_flags: u64,
 }
 
-/// Queries per block, keys per tile and threads of flash_attn_prefill (FA_BQ, FA_BK and
-/// 32·FA_WARPS in csrc/flash_attn.cu), and the largest head_dim it takes (FA_MAX_HD).
+/// Queries per block and threads of flash_attn_prefill (FA_BQ and 32·FA_WARPS in
+/// csrc/flash_attn.cu), and the largest head_dim it takes (FA_MAX_HD).
 const FLASH_BQ: usize = 64;
-const FLASH_BK: usize = 32;
 const FLASH_THREADS: u32 = 256;
 pub const FLASH_MAX_HD: usize = 512;
 
-/// Dynamic shared memory of flash_attn_prefill: the Q block and one K and one V tile, rows of
-/// HD + 8 bf16.
-pub const fn flash_smem_bytes(hd: usize) -> usize {
-    (FLASH_BQ + 2 * FLASH_BK) * (hd + 8) * 2
+/// The flash prefill kernels and their keys per tile: 64-key tiles where the GPU lets a block
+/// have the shared memory (H100/H200), 32-key tiles otherwise (A100), or when
+/// [`Gpu::flash_small_tiles`] asks for them.
+pub const FLASH_PREFILL_KERNELS: [(&str, usize); 2] =
+    [("flash_attn_prefill", 64), ("flash_attn_prefill_k32", 32)];
+
+/// Dynamic shared memory of a flash prefill kernel with `bk`-key tiles (`fa_smem_bytes` in
+/// csrc/flash_attn.cu): the Q block and one K and one V tile, rows of HD + 8 bf16; each warp
+/// pair's P (one 16-byte A fragment per lane per 16-key step); the warps' row maxima and row sums
+/// (16 fp32 each).
+pub const fn flash_smem_bytes(hd: usize, bk: usize) -> usize {
+    let pairs = FLASH_THREADS as usize / 64;
+    (FLASH_BQ + 2 * bk) * (hd + 8) * 2 + pairs * (bk / 16) * 32 * 16 + 2 * pairs * 2 * 16 * 4
 }
 
 /// Single-row GEMMs with fewer weight bytes than this go to csrc/gemv.cu by default: on the H200
@@ -431,11 +439,18 @@ impl Gpu {
             .push(i(hd))
             .push(i(ctx))
             .push(scale);
+        // 64-key tiles when this GPU allows their shared memory, else 32-key tiles.
+        let [big, small] = FLASH_PREFILL_KERNELS;
+        let (name, bk) = if !self.flash_small_tiles && flash_smem_bytes(hd, big.1) <= self.smem_limit(big.0) {
+            big
+        } else {
+            small
+        };
         self.launch_smem(
-            "flash_attn_prefill",
+            name,
             (na as u32, blocks(len, FLASH_BQ), 1),
             FLASH_THREADS,
-            flash_smem_bytes(hd) as u32,
+            flash_smem_bytes(hd, bk) as u32,
             &mut a,
         )
     }
