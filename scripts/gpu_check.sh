@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill|profile-b64|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -68,6 +68,19 @@ if has profile-b64; then
       --csv .gpu/bin/zamba-run bench --random --layers 6 -p 512 -n 3 -b 64 --reps 1 2>/dev/null \
       > "$out/ncu-b64.csv"
   python3 scripts/kernel_summary.py < "$out/ncu-b64.csv"
+fi
+if has racecheck; then
+  # Shared-memory races and barrier misuse, on the whole-model tests (tiny-a: flash attention with
+  # 64-key tiles, then with 32-key tiles via ZAMBA_FLASH_K32=1).
+  for tool in racecheck synccheck; do
+    for k32 in 0 1; do
+      echo "=== compute-sanitizer $tool, ZAMBA_FLASH_K32=$k32: whole-model tests"
+      ZAMBA_FLASH_K32=$k32 timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 .gpu/bin/test-gpu_model \
+          --test-threads=1 --skip zamba_7b 2>&1 | tee -a "$out/racecheck.log" \
+          | grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|hazard" | head -10
+      [[ ${PIPESTATUS[0]} == 0 ]] || status=1
+    done
+  done
 fi
 if has sanitize; then
   echo "=== compute-sanitizer memcheck on the whole-model tests (tiny-a)"

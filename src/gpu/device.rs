@@ -101,6 +101,7 @@ pub struct Gpu {
     pub gemv_mode: GemvMode,
     /// Runs the flash prefill with 32-key tiles even where the 64-key kernel fits (what GPUs with
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
+    /// `ZAMBA_FLASH_K32=1` sets it.
     pub flash_small_tiles: bool,
 }
 
@@ -209,7 +210,7 @@ impl Gpu {
             _module: module,
             functions,
             gemv_mode: GemvMode::from_env(),
-            flash_small_tiles: false,
+            flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
         })
     }
 
