@@ -98,16 +98,21 @@ pub struct Gpu {
     functions: HashMap<&'static str, (sys::CUfunction, u32)>,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
+    /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`).
+    pub sm_count: usize,
 }
 
 /// Routing of skinny (decode) GEMMs. `ZAMBA_GEMV=0` forces cuBLAS and `ZAMBA_GEMV=1` our kernel
-/// for every GEMM of at most 8 rows, so that one binary can A/B them (BENCHMARKS.md); the default
-/// takes our kernel for small single-row products only (see `kernels::SMALL_GEMV_BYTES`).
+/// (`gemv_m1` / `gemv_m8`) for every GEMM of at most 8 rows, and `ZAMBA_GEMV=pipe` the persistent
+/// pipelined kernel (`gemv_pipe`) for every single-row GEMM (cuBLAS for the rest), so that one
+/// binary can A/B them (BENCHMARKS.md); the default takes `gemv_m1` for small single-row products
+/// only (see `kernels::SMALL_GEMV_BYTES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvMode {
     Cublas,
     SingleRow,
     UpTo8,
+    Pipe,
 }
 
 impl GemvMode {
@@ -115,6 +120,7 @@ impl GemvMode {
         match std::env::var("ZAMBA_GEMV").as_deref() {
             Ok("0") => GemvMode::Cublas,
             Ok("1") => GemvMode::UpTo8,
+            Ok("pipe") => GemvMode::Pipe,
             _ => GemvMode::SingleRow,
         }
     }
@@ -140,6 +146,7 @@ const KERNELS: &[&str] = &[
     "argmax_rows",
     "gemv_m1",
     "gemv_m8",
+    "gemv_pipe",
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];
@@ -176,6 +183,11 @@ impl Gpu {
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
         )?
         .max(DEFAULT_SMEM as i32) as usize;
+        let sm_count = cu(
+            "querying the number of SMs",
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        )?
+        .max(1) as usize;
         let mut functions = HashMap::new();
         for &name in KERNELS {
             let f = cu(&format!("loading kernel {name}"), module.load_function(name))?;
@@ -198,6 +210,7 @@ impl Gpu {
             _module: module,
             functions,
             gemv_mode: GemvMode::from_env(),
+            sm_count,
         })
     }
 
