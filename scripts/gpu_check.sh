@@ -32,7 +32,8 @@ if has bench; then
   done
 fi
 if has gemv; then
-  # Every decode GEMM shape, cuBLAS against csrc/gemv.cu, at 1 and 4 activation rows.
+  # Every decode GEMM shape, cuBLAS against csrc/gemv.cu (gemv_m1/m8, and gemv_pipe at 1 row), at
+  # 1 and 4 activation rows.
   for b in 1 4; do
     echo "=== zamba-run bench --gemv-ab -b $b"
     .gpu/bin/zamba-run bench --gemv-ab -b $b 2>&1 | tee -a "$out/gemv.log"
@@ -40,8 +41,8 @@ if has gemv; then
 fi
 if has ab; then
   # Decode routes (same binary, same run): default (graph + our single-row GEMV), cuBLAS for
-  # every GEMM, no CUDA graph.
-  for env in "ZAMBA_GEMV=default" "ZAMBA_GEMV=0" "ZAMBA_GRAPH=0"; do
+  # every GEMM, the persistent pipelined GEMV (gemv_pipe) for every single-row GEMM, no CUDA graph.
+  for env in "ZAMBA_GEMV=default" "ZAMBA_GEMV=0" "ZAMBA_GEMV=pipe" "ZAMBA_GRAPH=0"; do
     echo "=== $env zamba-run bench --random -p 512 -n 64"
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
   done

@@ -44,8 +44,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Instead of the model bench: time every decode GEMM shape through cuBLAS and through
-    /// csrc/gemv.cu (batch rows `-b`), next to the copy bandwidth.
+    /// Instead of the model bench: time every decode GEMM shape through cuBLAS, through
+    /// csrc/gemv.cu's gemv_m1/gemv_m8 and (batch 1) its gemv_pipe (batch rows `-b`), next to the
+    /// copy bandwidth.
     #[arg(long)]
     pub gemv_ab: bool,
 }
@@ -285,9 +286,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
 }
 
 /// Times each decode GEMM of Zamba-7B (M = `m` activation rows) back to back in a CUDA graph, as
-/// the decode step runs them, through cuBLAS and through our skinny kernel, with enough rotating
-/// weight copies (≥ 512 MB) that L2 never holds them. Prints µs per call and the weight bytes per
-/// second.
+/// the decode step runs them, through cuBLAS, through our skinny kernel (`gemv_m1` / `gemv_m8`)
+/// and, for M = 1, through the persistent pipelined one (`gemv_pipe`), with enough rotating weight
+/// copies (≥ 512 MB) that L2 never holds them. Prints µs per call and the weight bytes per second
+/// as a percentage of the copy bandwidth; "—" where a kernel does not take the shape.
 fn gemv_ab(m: usize) -> Result<()> {
     use crate::gpu::GemvMode;
     if m > 8 {
@@ -309,11 +311,14 @@ fn gemv_ab(m: usize) -> Result<()> {
         ("lm_head", 32000, 3712, 1),
     ];
     println!(
-        "copy bandwidth (measured now): {:.2} TB/s; M = {m}",
-        roof.copy_bytes_per_s / 1e12
+        "copy bandwidth (measured now): {:.2} TB/s; M = {m}; {} SMs",
+        roof.copy_bytes_per_s / 1e12,
+        gpu.sm_count
     );
-    println!("| GEMM | N × K × batch | MB | cuBLAS µs | cuBLAS % of copy | ours µs | ours % of copy |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!(
+        "| GEMM | N × K × batch | MB | cuBLAS µs | cuBLAS % of copy | ours µs | ours % of copy | pipe µs | pipe % of copy |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (name, n, k, batch) in shapes {
         let bytes = n * k * batch * 2;
         let copies = (512usize << 20).div_ceil(bytes).clamp(2, 64);
@@ -326,23 +331,29 @@ fn gemv_ab(m: usize) -> Result<()> {
         let x = DeviceBuf::new(m * k * batch * 2, "the GEMV bench")?;
         let y = DeviceBuf::new(m * n * batch * 4, "the GEMV bench")?;
         gpu.fill_uniform_bf16(x.ptr(), m * k * batch, 7, -1.0, 1.0)?;
-        let mut times = [0.0; 2];
-        for (slot, mode) in [GemvMode::Cublas, GemvMode::UpTo8].into_iter().enumerate() {
+        let gemm = |w: u64| Gemm {
+            batch,
+            ldx: k * batch,
+            stride_x: k,
+            stride_w: n * k,
+            ldy: n * batch,
+            stride_y: n,
+            ..Gemm::linear(x.ptr(), w, y.ptr(), m, n, k)
+        };
+        let mut cells = Vec::new();
+        for mode in [GemvMode::Cublas, GemvMode::UpTo8, GemvMode::Pipe] {
             gpu.gemv_mode = mode;
+            // One call outside the graph: a warm-up, and the check that the kernel takes the shape
+            // (else the column would time cuBLAS again).
+            if mode != GemvMode::Cublas && !gpu.gemv(&gemm(ws[0].ptr()))? {
+                cells.push("— | —".to_string());
+                continue;
+            }
             // 100 calls captured in one CUDA graph (as the decode step runs them), replayed.
             let calls = 100;
             let graph = gpu.capture("capturing the GEMV bench", || {
                 for c in 0..calls {
-                    let g = Gemm {
-                        batch,
-                        ldx: k * batch,
-                        stride_x: k,
-                        stride_w: n * k,
-                        ldy: n * batch,
-                        stride_y: n,
-                        ..Gemm::linear(x.ptr(), ws[c % copies].ptr(), y.ptr(), m, n, k)
-                    };
-                    crate::gpu::gemm::run(&gpu, &blas, &g)?;
+                    crate::gpu::gemm::run(&gpu, &blas, &gemm(ws[c % copies].ptr()))?;
                 }
                 Ok(())
             })?;
@@ -354,16 +365,14 @@ fn gemv_ab(m: usize) -> Result<()> {
                 gpu.sync()?;
                 t.push(s.elapsed().as_secs_f64() / calls as f64);
             }
-            times[slot] = median(t[1..].to_vec());
+            let time = median(t[1..].to_vec());
+            let pct = 100.0 * bytes as f64 / time / roof.copy_bytes_per_s;
+            cells.push(format!("{:.1} | {pct:.1}", time * 1e6));
         }
-        let pct = |t: f64| 100.0 * bytes as f64 / t / roof.copy_bytes_per_s;
         println!(
-            "| {name} | {n} × {k} × {batch} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {name} | {n} × {k} × {batch} | {:.1} | {} |",
             bytes as f64 / 1e6,
-            times[0] * 1e6,
-            pct(times[0]),
-            times[1] * 1e6,
-            pct(times[1])
+            cells.join(" | ")
         );
     }
     Ok(())

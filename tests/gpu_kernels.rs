@@ -1019,7 +1019,7 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
         );
     }
     // Batched over the two mamba heads: x_proj (K = 3712) and dt_proj (K = 232) with strides,
-    // through the single-row kernel and the M ≤ 8 one.
+    // through the single-row kernel and the M ≤ 8 one (gemv_pipe: the test below).
     for m in [1, 3] {
         gemv_batched_heads(&g, &mut rng, m);
     }
@@ -1027,6 +1027,83 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
     let d = poisoned(&g, 16);
     assert!(!g
         .gemv(&Gemm::linear(d.ptr(), d.ptr(), d.ptr(), 9, XR, DH))
+        .unwrap());
+}
+
+#[test]
+fn pipelined_gemv_matches_cpu_for_every_decode_shape() {
+    let Some(mut g) = gpu_or_skip("gemv_pipe") else {
+        return;
+    };
+    g.gemv_mode = GemvMode::Pipe;
+    let mut rng = Rng(13);
+    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
+        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
+    };
+    // (N, K, ldw): in_proj, out_proj, qkv, o_proj / linear, gate_up, down, lm_head; then N that
+    // divides by nothing, K = 232 (29 chunks a row, as dt_proj), a padded weight (ldw > K), fewer
+    // rows than SMs, and one 16-byte chunk a row.
+    for (n, k, ldw) in [
+        (2 * DI, H, H),
+        (H, DI, DI),
+        (3 * 2 * H, 2 * H, 2 * H),
+        (H, H, H),
+        (2 * F, H, H),
+        (H, F, F),
+        (32000, H, H),
+        (1000, H, H),
+        (1000, R, R),
+        (1000, R, R + 24),
+        (5, H, H),
+        (777, 8, 8),
+    ] {
+        let x = rng.bf16_vec(k, -1.0, 1.0);
+        let mut w = rng.bf16_vec(n * ldw, -0.05, 0.05);
+        // Padding past K is NaN: a kernel that reads it poisons its row.
+        for row in w.chunks_mut(ldw) {
+            row[k..].fill(f32::NAN);
+        }
+        let dense: Vec<f32> = w.chunks(ldw).flat_map(|row| row[..k].to_vec()).collect();
+        let want = matmul(&x, 1, &to_mat(n, k, &dense));
+        let (dx, dw) = (up_bf16(&g, &x), up_bf16(&g, &w));
+        let y = poisoned(&g, n * 2);
+        let lin = Gemm {
+            ldw,
+            ..Gemm::linear(dx.ptr(), dw.ptr(), y.ptr(), 1, n, k)
+        };
+        assert!(g.gemv(&lin).unwrap(), "gemv_pipe taken for {n}x{k}");
+        assert_close(
+            &format!("gemv_pipe {n}x{k} (ldw {ldw})"),
+            &down_bf16(&g, y.ptr(), n),
+            &want,
+            1e-3,
+            BF16_RTOL,
+        );
+        // fp32 output accumulated onto the residual stream.
+        let y0 = rng.f32_vec(n, -1.0, 1.0);
+        let dy = up_f32(&g, &y0);
+        let acc = Gemm {
+            y: dy.ptr(),
+            beta: 1.0,
+            y_f32: true,
+            ..lin
+        };
+        assert!(g.gemv(&acc).unwrap());
+        let want2: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
+        assert_close(
+            &format!("gemv_pipe+residual {n}x{k} (ldw {ldw})"),
+            &down_f32(&g, dy.ptr(), n),
+            &want2,
+            1e-4,
+            1e-4,
+        );
+    }
+    // Batched over the two mamba heads with strides: x_proj (K = 3712) and dt_proj (K = 232).
+    gemv_batched_heads(&g, &mut rng, 1);
+    // It takes single rows only: M = 3 goes to cuBLAS.
+    let d = poisoned(&g, 16);
+    assert!(!g
+        .gemv(&Gemm::linear(d.ptr(), d.ptr(), d.ptr(), 3, XR, DH))
         .unwrap());
 }
 

@@ -103,16 +103,21 @@ pub struct Gpu {
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
     /// `ZAMBA_FLASH_K32=1` sets it.
     pub flash_small_tiles: bool,
+    /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`).
+    pub sm_count: usize,
 }
 
 /// Routing of skinny (decode) GEMMs. `ZAMBA_GEMV=0` forces cuBLAS and `ZAMBA_GEMV=1` our kernel
-/// for every GEMM of at most 8 rows, so that one binary can A/B them (BENCHMARKS.md); the default
-/// takes our kernel for small single-row products only (see `kernels::SMALL_GEMV_BYTES`).
+/// (`gemv_m1` / `gemv_m8`) for every GEMM of at most 8 rows, and `ZAMBA_GEMV=pipe` the persistent
+/// pipelined kernel (`gemv_pipe`) for every single-row GEMM (cuBLAS for the rest), so that one
+/// binary can A/B them (BENCHMARKS.md); the default takes `gemv_m1` for small single-row products
+/// only (see `kernels::SMALL_GEMV_BYTES`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemvMode {
     Cublas,
     SingleRow,
     UpTo8,
+    Pipe,
 }
 
 impl GemvMode {
@@ -120,6 +125,7 @@ impl GemvMode {
         match std::env::var("ZAMBA_GEMV").as_deref() {
             Ok("0") => GemvMode::Cublas,
             Ok("1") => GemvMode::UpTo8,
+            Ok("pipe") => GemvMode::Pipe,
             _ => GemvMode::SingleRow,
         }
     }
@@ -146,6 +152,7 @@ const KERNELS: &[&str] = &[
     "argmax_rows",
     "gemv_m1",
     "gemv_m8",
+    "gemv_pipe",
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];
@@ -188,6 +195,11 @@ impl Gpu {
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN),
         )?
         .max(DEFAULT_SMEM as i32) as usize;
+        let sm_count = cu(
+            "querying the number of SMs",
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        )?
+        .max(1) as usize;
         let mut functions = HashMap::new();
         for &name in KERNELS {
             let f = cu(&format!("loading kernel {name}"), module.load_function(name))?;
@@ -211,6 +223,7 @@ impl Gpu {
             functions,
             gemv_mode: GemvMode::from_env(),
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
+            sm_count,
         })
     }
 
