@@ -471,7 +471,43 @@ impl Drop for Stager<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::par_fill;
+    use super::{par_fill, plan, Src};
+    use crate::weights::{expected_tensors, LM_HEAD};
+    use crate::ZambaConfig;
+
+    /// The device layout (`plan`) and the validation list (`weights::expected_tensors`) enumerate
+    /// the same tensors in two places: every tensor the plan reads must be validated, with the
+    /// element count the plan copies, and every validated tensor must be read.
+    #[test]
+    fn device_plan_reads_exactly_the_validated_tensors() {
+        let zamba = ZambaConfig::from_json_str(r#"{"model_type": "zamba"}"#).unwrap();
+        let gqa = ZambaConfig::from_json_str(
+            r#"{"model_type": "zamba", "num_hidden_layers": 12, "num_key_value_heads": 4}"#,
+        )
+        .unwrap();
+        for (cfg, shared, lm) in [(&zamba, 4, None), (&gqa, 5, Some(LM_HEAD))] {
+            let (p, _) = plan(cfg, shared, lm);
+            let want: std::collections::BTreeMap<String, usize> = expected_tensors(cfg, shared, lm.is_some())
+                .into_iter()
+                .map(|t| (t.name, t.shape.iter().product()))
+                .collect();
+            let mut read = std::collections::BTreeMap::new();
+            for slot in &p.slots {
+                let names: Vec<&String> = match &slot.src {
+                    Src::Tensor(n) | Src::Deinterleave(n) | Src::NegExp(n) => vec![n],
+                    Src::Stack(ns) => ns.iter().collect(),
+                };
+                let total: usize = names.iter().map(|n| want.get(*n).copied().unwrap_or(0)).sum();
+                assert_eq!(total, slot.elems, "elements of the slot reading {names:?}");
+                for n in names {
+                    assert!(want.contains_key(n), "{n} is read but never validated");
+                    read.insert(n.clone(), ());
+                }
+            }
+            let unread: Vec<&String> = want.keys().filter(|n| !read.contains_key(*n)).collect();
+            assert!(unread.is_empty(), "validated but never loaded: {unread:?}");
+        }
+    }
 
     #[test]
     fn par_fill_writes_every_unit_once_in_place() {
