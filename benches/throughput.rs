@@ -1,18 +1,22 @@
-//! `cargo bench`: decode and prefill throughput at the Zamba-7B shape on the GPU, plus the
-//! bandwidth of its largest decode GEMV, through criterion.
+//! `cargo bench`: decode and prefill throughput at the Zamba-7B shape on the GPU, plus per-kernel
+//! benches, through criterion.
 //!
 //! With `ZAMBA_MODEL=DIR` it loads that checkpoint; otherwise it makes random weights with
 //! Zamba-7B-v1's shapes on the GPU. Without a GPU it says so and measures nothing.
 //! Criterion reports decode as bytes of weights read per second (compare with the copy bandwidth
-//! that `zamba-run bench` measures) and prefill as tokens per second.
+//! that `zamba-run bench` measures), prefill as tokens per second, the in_proj GEMV (cuBLAS and our
+//! two kernels) as bytes per second and the flash prefill attention as FLOPs ("elements") per
+//! second.
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zamba::bench::decode_weight_bytes;
-use zamba::gpu::gemm::{Blas, Gemm};
+use zamba::gpu::attention::{self, Dims};
+use zamba::gpu::batch::Entry;
+use zamba::gpu::gemm::{self, Blas, Gemm};
 use zamba::gpu::mem::DeviceBuf;
-use zamba::gpu::{GpuModel, GpuOptions};
+use zamba::gpu::{GemvMode, GpuModel, GpuOptions};
 use zamba::model::{Model, SeqInput};
 use zamba::weights::Checkpoint;
 use zamba::ZambaConfig;
@@ -95,10 +99,10 @@ fn kernel_benches(c: &mut Criterion) {
     if zamba::gpu::unavailable_reason().is_some() {
         return;
     }
-    let gpu = zamba::gpu::Gpu::new(0).unwrap();
+    let mut gpu = zamba::gpu::Gpu::new(0).unwrap();
     let blas = Blas::new(&gpu).unwrap();
-    // The in_proj GEMV of one decode step: [1, 3712] x [14848, 3712]^T, 110 MB of weights. Eight
-    // weight copies rotate so that L2 never holds the matrix.
+    // The in_proj GEMV of one decode step: [1, 3712] x [14848, 3712]^T, 110 MB of weights, through
+    // cuBLAS and our two kernels. Eight weight copies rotate so that L2 never holds the matrix.
     let (n, k) = (14848, 3712);
     let ws: Vec<DeviceBuf> = (0..8)
         .map(|_| DeviceBuf::new(n * k * 2, "bench").unwrap())
@@ -112,12 +116,55 @@ fn kernel_benches(c: &mut Criterion) {
     gpu.fill_uniform_bf16(x.ptr(), k, 99, 0.0, 1.0).unwrap();
     let mut g = c.benchmark_group("kernels");
     g.throughput(Throughput::Bytes((n * k * 2) as u64));
-    let mut i = 0;
-    g.bench_function("in_proj_gemv_cublas", |b| {
+    for (name, mode) in [
+        ("in_proj_gemv_cublas", GemvMode::Cublas),
+        ("in_proj_gemv_m1", GemvMode::UpTo8),
+        ("in_proj_gemv_pipe", GemvMode::Pipe),
+    ] {
+        gpu.gemv_mode = mode;
+        let mut i = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % ws.len();
+                gemm::run(&gpu, &blas, &Gemm::linear(x.ptr(), ws[i].ptr(), y.ptr(), 1, n, k)).unwrap();
+                gpu.sync().unwrap();
+            })
+        });
+    }
+    drop(ws);
+    // Flash prefill attention of one 512-token prompt, 16 heads of 464 (criterion's "elements"
+    // are the causal FLOPs: 4 · heads · hd · T(T+1)/2).
+    let (t, na, hd, ctx) = (512, 16, 464, 1024);
+    let q = na * hd;
+    let ld = 3 * q;
+    let qkv = DeviceBuf::new(t * ld * 2, "bench").unwrap();
+    let (kc, vc) = (
+        DeviceBuf::new(na * ctx * hd * 2, "bench").unwrap(),
+        DeviceBuf::new(na * ctx * hd * 2, "bench").unwrap(),
+    );
+    let out = DeviceBuf::new(t * q * 2, "bench").unwrap();
+    for (i, b) in [&qkv, &kc, &vc].iter().enumerate() {
+        gpu.fill_uniform_bf16(b.ptr(), b.bytes() / 2, 7 + i as u64, 0.0, 1.0)
+            .unwrap();
+    }
+    let dims = Dims {
+        na,
+        nkv: na,
+        hd,
+        ldqkv: ld,
+        ctx,
+        scale: (hd as f32 / 2.0).powf(-0.5),
+    };
+    let e = Entry {
+        slot: 0,
+        start: 0,
+        len: t,
+        past: 0,
+    };
+    g.throughput(Throughput::Elements((4 * na * hd * t * (t + 1) / 2) as u64));
+    g.bench_function("flash_attn_prefill_512", |b| {
         b.iter(|| {
-            i = (i + 1) % ws.len();
-            blas.gemm(&Gemm::linear(x.ptr(), ws[i].ptr(), y.ptr(), 1, n, k))
-                .unwrap();
+            attention::prefill(&gpu, &dims, qkv.ptr(), &e, kc.ptr(), vc.ptr(), out.ptr()).unwrap();
             gpu.sync().unwrap();
         })
     });
