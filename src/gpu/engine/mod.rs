@@ -8,20 +8,24 @@
 //! continuing from each slot's state, so prefill, decode and chunked prefill are one code path.
 //! Nothing is allocated after [`GpuModel::load`].
 //!
+//! This file holds the engine's state, loading and the general forward; `layers` the layer graph;
+//! `decode` the CUDA-graph decode step.
+//!
 //! Numerics: bf16 weights and activations with fp32 accumulation, like HF's bf16 model, except
 //! that the residual stream is kept in fp32 (each layer's output is added to it unrounded), the
 //! SSM state is fp32, and the scan, softmax and norms compute in fp32.
 
+mod decode;
+mod layers;
+
 use cudarc::driver::CudaGraph;
 
-use super::attention;
 use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
-use super::kernels::{ssm_decode_dt_fits, ScanArgs, FLASH_MAX_HD};
+use super::kernels::FLASH_MAX_HD;
 use super::loader::{check_free, GpuWeights};
-use super::mem::cu;
 use super::workspace::Workspace;
 use crate::config::ZambaConfig;
 use crate::error::{Result, ZambaError};
@@ -153,263 +157,6 @@ impl GpuModel {
         self.w.bytes
     }
 
-    /// Runs `entries` (`m` tokens in all, already uploaded with `self.batch.upload`) through the
-    /// layers and leaves the final hidden states in `ws.h`. Updates every state the entries
-    /// touch. A decode step (one token per entry) passes `decode_splits`, the number of key
-    /// splits of its attention; it then makes no host call but kernel and cuBLAS launches, so
-    /// that it can be captured in a CUDA graph.
-    fn run_layers(&self, entries: &[Entry], m: usize, decode_splits: Option<usize>) -> Result<()> {
-        let decode = decode_splits.is_some();
-        let (cfg, ws, w, g) = (&self.cfg, &self.ws, &self.w, &self.gpu);
-        let meta = self.batch.meta;
-        let (h, di, nh, dh) = (
-            cfg.hidden_size,
-            cfg.d_inner(),
-            cfg.n_mamba_heads,
-            cfg.mamba_head_dim(),
-        );
-        let (r, xr, k, eps) = (
-            cfg.mamba_dt_rank,
-            cfg.x_proj_rows(),
-            cfg.mamba_d_conv,
-            cfg.rms_norm_eps,
-        );
-        g.embed_gather(
-            meta.tok_ids,
-            w.embed,
-            ws.e.ptr(),
-            ws.h.ptr(),
-            m,
-            h,
-            cfg.vocab_size,
-        )?;
-        let mut hybrid = 0;
-        for (i, lw) in w.layers.iter().enumerate() {
-            if lw.linear != 0 {
-                self.shared_block(hybrid, entries, m, decode_splits)?;
-                let (ws, g) = (&self.ws, &self.gpu);
-                gemm::run(
-                    &self.gpu,
-                    &self.blas,
-                    &Gemm::linear(ws.t.ptr(), lw.linear, ws.tl.ptr(), m, h, h),
-                )?;
-                g.rmsnorm(
-                    ws.h.ptr(),
-                    true,
-                    ws.tl.ptr(),
-                    0,
-                    0,
-                    lw.ln,
-                    ws.n.ptr(),
-                    m,
-                    h,
-                    0,
-                    eps,
-                )?;
-                hybrid += 1;
-            } else {
-                g.rmsnorm(ws.h.ptr(), true, 0, 0, 0, lw.ln, ws.n.ptr(), m, h, 0, eps)?;
-            }
-            let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
-            // in_proj (rows permuted at load): xz = [x | z], each DI wide.
-            gemm::run(
-                g,
-                blas,
-                &Gemm::linear(ws.n.ptr(), lw.in_proj, ws.xz.ptr(), m, 2 * di, h),
-            )?;
-            let conv = self.states.conv_at(i);
-            if decode {
-                g.conv1d_update(
-                    ws.xz.ptr(),
-                    2 * di,
-                    &meta,
-                    conv,
-                    lw.conv_w,
-                    lw.conv_b,
-                    ws.xc.ptr(),
-                    m,
-                    di,
-                    k,
-                )?;
-            } else {
-                g.conv1d_prefill(
-                    ws.xz.ptr(),
-                    2 * di,
-                    &meta,
-                    conv,
-                    lw.conv_w,
-                    lw.conv_b,
-                    ws.xc.ptr(),
-                    m,
-                    di,
-                    k,
-                )?;
-                g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
-            }
-            // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
-            gemm::run(
-                g,
-                blas,
-                &Gemm {
-                    ldx: di,
-                    ldw: dh,
-                    ldy: nh * xr,
-                    batch: nh,
-                    stride_x: dh,
-                    stride_w: xr * dh,
-                    stride_y: xr,
-                    ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
-                },
-            )?;
-            // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
-            // Small decode batches skip it: ssm_decode_dt computes dtr itself (larger ones are
-            // faster through cuBLAS and one thread per channel).
-            let fused_dt = decode && m <= 8 && ssm_decode_dt_fits(r);
-            if !fused_dt {
-                gemm::run(
-                    g,
-                    blas,
-                    &Gemm {
-                        ldx: nh * xr,
-                        ldw: r,
-                        ldy: di,
-                        batch: nh,
-                        stride_x: xr,
-                        stride_w: dh * r,
-                        stride_y: dh,
-                        ..Gemm::linear(ws.xdbl.ptr(), lw.dt_proj, ws.dtr.ptr(), m, dh, r)
-                    },
-                )?;
-            }
-            let scan = ScanArgs {
-                u: ws.xc.ptr(),
-                dtr: ws.dtr.ptr(),
-                z: ws.xz.at::<half::bf16>(di),
-                ldz: (2 * di) as i32,
-                _pad: 0,
-                xdbl: ws.xdbl.ptr(),
-                a: lw.a,
-                d: lw.d,
-                dt_bias: lw.dt_bias,
-                di: di as i32,
-                dh: dh as i32,
-                nh: nh as i32,
-                r: r as i32,
-            };
-            let ssm = self.states.ssm_at(i);
-            if fused_dt {
-                g.ssm_decode_dt(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m)?;
-            } else if decode {
-                g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;
-            } else {
-                let nc = self.batch.n_chunks;
-                if self.batch.multi_chunk {
-                    g.scan_chunk_local(&scan, &meta, ws.h_loc.ptr(), ws.dtsum.ptr(), nc)?;
-                    let n = cfg.mamba_d_state;
-                    g.scan_chunk_combine(
-                        lw.a,
-                        &meta,
-                        ssm,
-                        ws.h_loc.ptr(),
-                        ws.dtsum.ptr(),
-                        ws.s_in.ptr(),
-                        entries.len(),
-                        di,
-                        n,
-                    )?;
-                }
-                g.scan_chunk_output(&scan, &meta, ssm, ws.s_in.ptr(), ws.y.ptr(), nc)?;
-            }
-            // out_proj, added onto the fp32 residual stream: h = h + y · out_projᵀ.
-            gemm::run(
-                g,
-                blas,
-                &Gemm {
-                    beta: 1.0,
-                    y_f32: true,
-                    ..Gemm::linear(ws.y.ptr(), lw.out_proj, ws.h.ptr(), m, h, di)
-                },
-            )?;
-        }
-        Ok(())
-    }
-
-    /// The shared transformer block for hybrid use `j`: reads ws.h and ws.e, writes ws.t.
-    fn shared_block(
-        &self,
-        j: usize,
-        entries: &[Entry],
-        m: usize,
-        decode_splits: Option<usize>,
-    ) -> Result<()> {
-        let (cfg, ws, sw, g, blas) = (&self.cfg, &self.ws, self.w.shared, &self.gpu, &self.blas);
-        let (h, eps) = (cfg.hidden_size, cfg.rms_norm_eps);
-        let (q, kvw, hd, nkv) = (
-            cfg.q_width(),
-            cfg.kv_width(),
-            cfg.attention_head_dim,
-            cfg.num_key_value_heads,
-        );
-        let ldqkv = q + 2 * kvw;
-        let meta = self.batch.meta;
-        // a = rms(concat(h, e)); qkv = a · [Wq; Wk; Wv]ᵀ.
-        g.rmsnorm(
-            ws.h.ptr(),
-            true,
-            0,
-            ws.e.ptr(),
-            0,
-            sw.ln_in,
-            ws.a.ptr(),
-            m,
-            h,
-            h,
-            eps,
-        )?;
-        gemm::run(
-            g,
-            blas,
-            &Gemm::linear(ws.a.ptr(), sw.qkv, ws.qkv.ptr(), m, ldqkv, 2 * h),
-        )?;
-        let (kc, vc) = (self.states.k_at(j), self.states.v_at(j));
-        g.kv_append(ws.qkv.ptr(), ldqkv, q, &meta, kc, vc, m, nkv, hd, self.ctx)?;
-        let dims = attention::Dims::of(cfg, self.ctx);
-        let scratch = attention::Scratch {
-            part_acc: ws.part_acc.ptr(),
-            part_ml: ws.part_ml.ptr(),
-            split_len: ws.split_len,
-        };
-        if let Some(n_splits) = decode_splits {
-            attention::decode(
-                g,
-                &dims,
-                ws.qkv.ptr(),
-                kc,
-                vc,
-                &meta,
-                &scratch,
-                n_splits,
-                m,
-                ws.attn.ptr(),
-            )?;
-        } else {
-            for e in entries {
-                attention::prefill(g, &dims, ws.qkv.ptr(), e, kc, vc, ws.attn.ptr())?;
-            }
-        }
-        let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
-        gemm::run(g, blas, &Gemm::linear(ws.attn.ptr(), sw.o, ws.o.ptr(), m, h, q))?;
-        g.rmsnorm(ws.o.ptr(), false, 0, 0, 0, sw.ln_ff, ws.mo.ptr(), m, h, 0, eps)?;
-        let f = cfg.intermediate_size;
-        gemm::run(
-            g,
-            blas,
-            &Gemm::linear(ws.mo.ptr(), sw.gate_up, ws.gu.ptr(), m, 2 * f, h),
-        )?;
-        g.gelu_mul(ws.gu.ptr(), ws.act.ptr(), m, f)?;
-        gemm::run(g, blas, &Gemm::linear(ws.act.ptr(), sw.down, ws.t.ptr(), m, h, f))
-    }
-
     /// Final norm of the chosen rows, then lm_head into ws.logits (fp32 `[rows, vocab]`).
     fn logits_rows(&mut self, rows: &[usize]) -> Result<()> {
         let rows_i32: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
@@ -518,95 +265,6 @@ impl GpuModel {
             self.gpu.sync()?;
         }
         Ok(())
-    }
-
-    /// True when `batch` takes the decode fast path: one token per entry, and the step's logits
-    /// fit the logits workspace in one piece.
-    fn is_decode_step(&self, batch: &[SeqInput]) -> bool {
-        batch.len() <= self.ws.logit_rows
-            && batch.len() <= self.opts.max_tokens
-            && batch.iter().all(|s| s.tokens.len() == 1)
-    }
-
-    /// One decode step for a checked `batch` of b one-token entries: the layers, the final norm,
-    /// lm_head and the argmax. Leaves the logits in ws.logits rows 0..b and the tokens in
-    /// ws.argmax. The work is a CUDA graph captured for batch size b on first use and replayed
-    /// after the step's description is uploaded; the host side allocates nothing.
-    fn decode_step(&mut self, batch: &[SeqInput]) -> Result<()> {
-        let b = batch.len();
-        self.step_entries.clear();
-        self.step_tokens.clear();
-        for (i, s) in batch.iter().enumerate() {
-            self.step_entries.push(Entry {
-                slot: s.slot,
-                start: i,
-                len: 1,
-                past: self.states.len[s.slot],
-            });
-            self.step_tokens.push(s.tokens[0]);
-        }
-        self.batch
-            .upload(&self.gpu, &self.step_entries, &self.step_tokens)?;
-        if self.use_graphs {
-            if self.graphs[b - 1].is_none() {
-                self.graphs[b - 1] = Some(self.capture_decode(b)?);
-            }
-            let graph = self.graphs[b - 1].as_ref().expect("captured above");
-            cu("launching the decode graph", graph.launch())?;
-        } else {
-            let max_keys = self.step_entries.iter().map(|e| e.past + 1).max().unwrap_or(1);
-            self.decode_kernels(b, max_keys.div_ceil(self.ws.split_len))?;
-        }
-        for e in &self.step_entries {
-            self.states.len[e.slot] += 1;
-        }
-        Ok(())
-    }
-
-    /// The kernels of a decode step of `b` entries with `splits` attention key splits.
-    fn decode_kernels(&self, b: usize, splits: usize) -> Result<()> {
-        let (cfg, ws, g) = (&self.cfg, &self.ws, &self.gpu);
-        self.run_layers(&self.step_entries[..b], b, Some(splits))?;
-        g.rmsnorm(
-            ws.h.ptr(),
-            true,
-            0,
-            0,
-            0,
-            self.w.final_norm,
-            ws.n.ptr(),
-            b,
-            cfg.hidden_size,
-            0,
-            cfg.rms_norm_eps,
-        )?;
-        gemm::run(
-            g,
-            &self.blas,
-            &Gemm {
-                y_f32: true,
-                ..Gemm::linear(
-                    ws.n.ptr(),
-                    self.w.lm_head,
-                    ws.logits.ptr(),
-                    b,
-                    cfg.vocab_size,
-                    cfg.hidden_size,
-                )
-            },
-        )?;
-        g.argmax_rows(ws.logits.ptr(), ws.argmax.ptr(), b, cfg.vocab_size)
-    }
-
-    /// Captures the decode step for `b` entries as a CUDA graph. Every address it uses is fixed
-    /// for the model's life, and everything that changes between steps (tokens, slots, lengths)
-    /// is read on the device from the batch description, so one capture serves every step of
-    /// that batch size. The attention runs every key split of the context; splits past a
-    /// sequence's length see no keys and cost an early exit.
-    fn capture_decode(&self, b: usize) -> Result<CudaGraph> {
-        let splits = self.ctx.div_ceil(self.ws.split_len);
-        self.gpu
-            .capture("capturing the decode step", || self.decode_kernels(b, splits))
     }
 }
 
