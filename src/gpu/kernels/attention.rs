@@ -1,0 +1,168 @@
+//! Launchers of the attention kernels: KV-cache append and flash-decoding (csrc/attention.cu), and
+//! the flash prefill (csrc/flash_attn.cu).
+
+#![allow(clippy::too_many_arguments)]
+
+use super::*;
+use crate::gpu::device::{Args, Gpu};
+
+impl Gpu {
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_append(
+        &self,
+        qkv: u64,
+        ldqkv: usize,
+        q_width: usize,
+        meta: &BatchMeta,
+        kc: u64,
+        vc: u64,
+        m: usize,
+        nkv: usize,
+        hd: usize,
+        ctx: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(qkv)
+            .push(i(ldqkv))
+            .push(i(q_width))
+            .push(meta.tok_entry)
+            .push(meta.entry_start);
+        a.push(meta.entry_past)
+            .push(meta.entry_slot)
+            .push(kc)
+            .push(vc)
+            .push(i(nkv))
+            .push(i(hd))
+            .push(i(ctx));
+        self.launch("kv_append", (blocks(nkv * hd, 256), m as u32, 1), 256, &mut a)
+    }
+
+    /// Causal attention of one entry's `len` new queries (qkv rows `row0..row0 + len`, at
+    /// positions `past..past + len` of cache slot `slot`) over its K/V cache, on the tensor cores
+    /// with an online softmax (csrc/flash_attn.cu). Writes `out` rows `row0..` (row stride `ldo`),
+    /// head h at columns h·HD. `dims` = (NA, NKV, HD, ctx); HD % 16 == 0 and HD ≤ [`FLASH_MAX_HD`].
+    pub fn flash_attn_prefill(
+        &self,
+        qkv: u64,
+        ldqkv: usize,
+        row0: usize,
+        kc: u64,
+        vc: u64,
+        out: u64,
+        ldo: usize,
+        len: usize,
+        past: usize,
+        slot: usize,
+        dims: (usize, usize, usize, usize),
+        scale: f32,
+    ) -> Result<()> {
+        let (na, nkv, hd, ctx) = dims;
+        // The kernel copies 16-byte pieces of Q, K and V rows and stores bf16 pairs of O.
+        let fits = hd % 16 == 0
+            && hd <= FLASH_MAX_HD
+            && nkv > 0
+            && na % nkv == 0
+            && ldqkv % 8 == 0
+            && ldo % 2 == 0
+            && [qkv, kc, vc].iter().all(|p| p % 16 == 0)
+            && out % 4 == 0
+            && past + len <= ctx;
+        if !fits {
+            return Err(ZambaError::Cuda {
+                context: "launching flash_attn_prefill".into(),
+                message: format!(
+                    "unsupported geometry: NA {na}, NKV {nkv}, HD {hd}, ldqkv {ldqkv}, ldo {ldo}, \
+                     past {past} + len {len} vs ctx {ctx}, or misaligned buffers"
+                ),
+            });
+        }
+        let mut a = Args::new();
+        a.push(qkv)
+            .push(i(ldqkv))
+            .push(i(row0))
+            .push(kc)
+            .push(vc)
+            .push(out)
+            .push(i(ldo))
+            .push(i(len));
+        a.push(i(past))
+            .push(i(slot))
+            .push(i(na))
+            .push(i(nkv))
+            .push(i(hd))
+            .push(i(ctx))
+            .push(scale);
+        // 64-key tiles when this GPU allows their shared memory, else 32-key tiles.
+        let [big, small] = FLASH_PREFILL_KERNELS;
+        let (name, bk) = if !self.flash_small_tiles && flash_smem_bytes(hd, big.1) <= self.smem_limit(big.0) {
+            big
+        } else {
+            small
+        };
+        self.launch_smem(
+            name,
+            (na as u32, blocks(len, FLASH_BQ), 1),
+            FLASH_THREADS,
+            flash_smem_bytes(hd, bk) as u32,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_decode(
+        &self,
+        qkv: u64,
+        ldqkv: usize,
+        kc: u64,
+        vc: u64,
+        meta: &BatchMeta,
+        part_acc: u64,
+        part_ml: u64,
+        dims: (usize, usize, usize, usize),
+        split_len: usize,
+        n_splits: usize,
+        b: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (na, nkv, hd, ctx) = dims;
+        let mut a = Args::new();
+        a.push(qkv)
+            .push(i(ldqkv))
+            .push(kc)
+            .push(vc)
+            .push(meta.entry_slot)
+            .push(meta.entry_seq_len);
+        a.push(part_acc)
+            .push(part_ml)
+            .push(i(na))
+            .push(i(nkv))
+            .push(i(hd))
+            .push(i(ctx))
+            .push(i(split_len))
+            .push(scale);
+        self.launch("attn_decode", (na as u32, n_splits as u32, b as u32), 128, &mut a)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_decode_combine(
+        &self,
+        part_acc: u64,
+        part_ml: u64,
+        out: u64,
+        ldo: usize,
+        na: usize,
+        hd: usize,
+        n_splits: usize,
+        b: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(part_acc)
+            .push(part_ml)
+            .push(out)
+            .push(i(ldo))
+            .push(i(na))
+            .push(i(hd))
+            .push(i(n_splits));
+        self.launch("attn_decode_combine", (na as u32, b as u32, 1), 128, &mut a)
+    }
+}

@@ -1,0 +1,211 @@
+//! Launchers of the Mamba kernels: causal conv1d (csrc/conv.cu) and the selective scan (csrc/scan.cu).
+
+#![allow(clippy::too_many_arguments)]
+
+use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ScanArgs};
+use crate::error::Result;
+use crate::gpu::device::{Args, Gpu};
+
+impl Gpu {
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv1d_prefill(
+        &self,
+        xs: u64,
+        ldx: usize,
+        meta: &BatchMeta,
+        conv_state: u64,
+        w: u64,
+        bias: u64,
+        out: u64,
+        m: usize,
+        di: usize,
+        k: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(xs)
+            .push(i(ldx))
+            .push(meta.tok_entry)
+            .push(meta.entry_start)
+            .push(meta.entry_slot);
+        a.push(conv_state)
+            .push(w)
+            .push(bias)
+            .push(out)
+            .push(i(m))
+            .push(i(di))
+            .push(i(k));
+        // CONV_ROWS rows per thread (csrc/conv.cu).
+        self.launch("conv1d_prefill", (blocks(di, 256), blocks(m, 8), 1), 256, &mut a)
+    }
+
+    pub fn conv_state_update(
+        &self,
+        xs: u64,
+        ldx: usize,
+        meta: &BatchMeta,
+        conv_state: u64,
+        n_entries: usize,
+        di: usize,
+        k: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(xs)
+            .push(i(ldx))
+            .push(meta.entry_start)
+            .push(meta.entry_len)
+            .push(meta.entry_slot);
+        a.push(conv_state).push(i(di)).push(i(k));
+        self.launch(
+            "conv_state_update",
+            (blocks(di, 256), n_entries as u32, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn conv1d_update(
+        &self,
+        xs: u64,
+        ldx: usize,
+        meta: &BatchMeta,
+        conv_state: u64,
+        w: u64,
+        bias: u64,
+        out: u64,
+        b: usize,
+        di: usize,
+        k: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(xs)
+            .push(i(ldx))
+            .push(meta.entry_slot)
+            .push(conv_state)
+            .push(w)
+            .push(bias)
+            .push(out);
+        a.push(i(di)).push(i(k));
+        self.launch("conv1d_update", (blocks(di, 256), b as u32, 1), 256, &mut a)
+    }
+
+    pub fn scan_chunk_local(
+        &self,
+        s: &ScanArgs,
+        meta: &BatchMeta,
+        h_loc: u64,
+        dtsum: u64,
+        n_chunks: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(*s)
+            .push(meta.chunk_t0)
+            .push(meta.chunk_len)
+            .push(meta.chunk_flags)
+            .push(h_loc)
+            .push(dtsum);
+        self.launch(
+            "scan_chunk_local",
+            (blocks(s.di as usize, 128), n_chunks as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_chunk_combine(
+        &self,
+        a_f32: u64,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        h_loc: u64,
+        dtsum: u64,
+        s_in: u64,
+        n_entries: usize,
+        di: usize,
+        n: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(a_f32)
+            .push(meta.entry_slot)
+            .push(meta.entry_chunk0)
+            .push(meta.entry_nchunks);
+        a.push(ssm_state).push(h_loc).push(dtsum).push(s_in).push(i(di));
+        self.launch(
+            "scan_chunk_combine",
+            (blocks(di * n, 256), n_entries as u32, 1),
+            256,
+            &mut a,
+        )
+    }
+
+    pub fn scan_chunk_output(
+        &self,
+        s: &ScanArgs,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        s_in: u64,
+        y: u64,
+        n_chunks: usize,
+    ) -> Result<()> {
+        let mut a = Args::new();
+        a.push(*s)
+            .push(meta.chunk_entry)
+            .push(meta.chunk_t0)
+            .push(meta.chunk_len)
+            .push(meta.chunk_flags);
+        a.push(meta.entry_slot).push(ssm_state).push(s_in).push(y);
+        self.launch(
+            "scan_chunk_output",
+            (blocks(s.di as usize, 128), n_chunks as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    pub fn ssm_decode(&self, s: &ScanArgs, meta: &BatchMeta, ssm_state: u64, y: u64, b: usize) -> Result<()> {
+        let mut a = Args::new();
+        a.push(*s).push(meta.entry_slot).push(ssm_state).push(y);
+        self.launch(
+            "ssm_decode",
+            (blocks(s.di as usize, 128), b as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    /// `ssm_decode` with dt_proj fused in: reads dt_low from `s.xdbl` and the bf16 dt_proj weight
+    /// (`[NH, DH, R]`) instead of `s.dtr`. Needs [`ssm_decode_dt_fits`]`(R)`.
+    pub fn ssm_decode_dt(
+        &self,
+        s: &ScanArgs,
+        dt_proj: u64,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        y: u64,
+        b: usize,
+    ) -> Result<()> {
+        if !ssm_decode_dt_fits(s.r as usize) {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "ssm_decode_dt needs dt_rank % 8 == 0 and ≤ 256, not {}",
+                s.r
+            )));
+        }
+        // DEC_WARPS channels and DEC_EB entries per block (csrc/scan.cu).
+        let (warps, entries_per_block) = (8, 4);
+        let mut a = Args::new();
+        a.push(*s)
+            .push(dt_proj)
+            .push(meta.entry_slot)
+            .push(i(b))
+            .push(ssm_state)
+            .push(y);
+        let grid_x = blocks(s.dh as usize, warps) * s.nh as u32;
+        self.launch(
+            "ssm_decode_dt",
+            (grid_x, blocks(b, entries_per_block), 1),
+            (warps * 32) as u32,
+            &mut a,
+        )
+    }
+}
