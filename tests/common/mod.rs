@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use zamba::safetensors_file::SafetensorsFile;
 
+pub mod gpu;
+
 /// The tiny golden checkpoint. Found through `ZAMBA_FIXTURES`, else `tests/fixtures` under the
 /// current directory (the GPU machine runs test binaries from the repository root), else under
 /// the build machine's checkout.
