@@ -41,7 +41,7 @@
 // Rows past `len` in the last query block are loaded as zeros, computed (they see every valid
 // key) and not written. K/V rows at positions >= past + min(q0 + 64, len) are never read from
 // global memory: they are zero-filled in shared memory (the cache may hold anything there) and
-// masked. Needs HD % 16 == 0 and HD <= FA_MAX_HD (src/gpu/engine.rs checks).
+// masked. Needs HD % 16 == 0 and HD <= FA_MAX_HD (src/gpu/engine/mod.rs checks).
 //
 // Launch: grid (NA, ceil(len / 64)), block 256, dynamic shared memory fa_smem_bytes(BK, HD) =
 // (64 + 2 BK) (HD + 8) 2 + 128 BK + 1024 bytes: for HD = 464, 186 KB with BK = 64

@@ -280,7 +280,7 @@ impl Gpu {
         }
         // SAFETY: f is a live function of the loaded module; ptrs[..n] point at argument values
         // that outlive the call (cuLaunchKernel copies them before returning); the kernel's
-        // signature matches the pushed arguments (each wrapper in kernels.rs mirrors one kernel).
+        // signature matches the pushed arguments (each wrapper in src/gpu/kernels/ mirrors one kernel).
         let r = unsafe {
             result::launch_kernel(
                 f,
