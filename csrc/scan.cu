@@ -35,35 +35,26 @@ struct ScanArgs {
     int DI, DH, NH, R;
 };
 
-template <bool OUT>
-__device__ __forceinline__ void scan_steps(const ScanArgs& a, int c, int t0, int len, float* s,
-                                           float& dtsum, bf16* __restrict__ y) {
+// One timestep t of channel c, the form decode uses (ssm_decode): updates the state s in place and
+// writes y[t, c].
+__device__ __forceinline__ void scan_step(const ScanArgs& a, int c, int t, float* s, bf16* __restrict__ y) {
     const int h = c / a.DH;
     const int XR = a.R + 2 * SCAN_N;
-    float A[SCAN_N];
-#pragma unroll
-    for (int n = 0; n < SCAN_N; ++n) A[n] = a.A[(size_t)c * SCAN_N + n];
     const float D = a.D[c], bias = a.dt_bias[c];
-    for (int t = t0; t < t0 + len; ++t) {
-        const float dt = softplus(to_f(a.dtr[(size_t)t * a.DI + c]) + bias);
-        const float u = to_f(a.u[(size_t)t * a.DI + c]);
-        const bf16* bc = a.xdbl + ((size_t)t * a.NH + h) * XR + a.R;
-        float acc = 0.f;
+    const float dt = softplus(to_f(a.dtr[(size_t)t * a.DI + c]) + bias);
+    const float u = to_f(a.u[(size_t)t * a.DI + c]);
+    const bf16* bc = a.xdbl + ((size_t)t * a.NH + h) * XR + a.R;
+    float acc = 0.f;
 #pragma unroll
-        for (int n = 0; n < SCAN_N; ++n) {
-            s[n] = expf(dt * A[n]) * s[n] + dt * to_f(bc[n]) * u;
-            if (OUT) acc += s[n] * to_f(bc[SCAN_N + n]);
-        }
-        if (OUT) {
-            const float z = to_f(a.z[(size_t)t * a.ldz + c]);
-            y[(size_t)t * a.DI + c] = to_bf((acc + D * u) * silu(z));
-        } else {
-            dtsum += dt;
-        }
+    for (int n = 0; n < SCAN_N; ++n) {
+        s[n] = expf(dt * a.A[(size_t)c * SCAN_N + n]) * s[n] + dt * to_f(bc[n]) * u;
+        acc += s[n] * to_f(bc[SCAN_N + n]);
     }
+    const float z = to_f(a.z[(size_t)t * a.ldz + c]);
+    y[(size_t)t * a.DI + c] = to_bf((acc + D * u) * silu(z));
 }
 
-// The prefill form of scan_steps for one block of SCAN_THREADS consecutive channels: the chunk's
+// The prefill form of scan_step for one block of SCAN_THREADS consecutive channels: the chunk's
 // inputs are staged in shared memory SCAN_TT timesteps at a time (every load of a tile issued
 // together and coalesced; B and C once per head and timestep instead of once per thread), so that
 // the serial loop over time waits on shared memory instead of one global round trip per step.
@@ -224,8 +215,7 @@ extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_
         const float4 v = *reinterpret_cast<const float4*>(st + n);
         s[n] = v.x; s[n + 1] = v.y; s[n + 2] = v.z; s[n + 3] = v.w;
     }
-    float unused = 0.f;
-    scan_steps<true>(a, c, b, 1, s, unused, y);
+    scan_step(a, c, b, s, y);
 #pragma unroll
     for (int n = 0; n < SCAN_N; n += 4)
         *reinterpret_cast<float4*>(st + n) = make_float4(s[n], s[n + 1], s[n + 2], s[n + 3]);
