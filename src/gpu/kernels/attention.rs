@@ -7,7 +7,6 @@ use super::*;
 use crate::gpu::device::{Args, Gpu};
 
 impl Gpu {
-    #[allow(clippy::too_many_arguments)]
     pub fn kv_append(
         &self,
         qkv: u64,
@@ -108,7 +107,6 @@ impl Gpu {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn attn_decode(
         &self,
         qkv: u64,
@@ -143,7 +141,6 @@ impl Gpu {
         self.launch("attn_decode", (na as u32, n_splits as u32, b as u32), 128, &mut a)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn attn_decode_combine(
         &self,
         part_acc: u64,

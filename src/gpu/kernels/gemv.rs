@@ -43,69 +43,37 @@ impl Gpu {
         }
         let warps_per_block = 4; // GEMV_WARPS in csrc/gemv.cu
                                  // Warps per output row: enough that each warp's share of K is one round of 16 loads per
-                                 // lane (512 chunks of 8), and more for short matrices so that every SM gets work.
+                                 // lane (512 chunks of 8), and more for short matrices so that every SM gets ~16 warps.
         let chunks = g.k / 8;
         let rows = g.n * g.batch.max(1);
         let mut wpr = chunks.div_ceil(512).next_power_of_two().min(warps_per_block);
-        while wpr < warps_per_block && rows * wpr < 132 * 16 && chunks / (2 * wpr) >= 64 {
+        while wpr < warps_per_block && rows * wpr < self.sm_count * 16 && chunks / (2 * wpr) >= 64 {
             wpr *= 2;
         }
-        let mut a = Args::new();
-        a.push(g.x)
-            .push(i(g.ldx))
-            .push(g.stride_x as i64)
-            .push(g.w)
-            .push(i(g.ldw))
-            .push(g.stride_w as i64)
-            .push(g.y)
-            .push(i(g.ldy))
-            .push(g.stride_y as i64)
-            .push(i(g.m))
-            .push(i(g.n))
-            .push(i(g.k))
-            .push(i32::from(g.y_f32))
-            .push(i32::from(g.beta == 1.0))
-            .push(i(wpr));
+        let mut a = gemv_args(g);
+        a.push(i(wpr));
         let grid = (blocks(g.n, warps_per_block / wpr), g.batch.max(1) as u32, 1);
         let name = if g.m == 1 { "gemv_m1" } else { "gemv_m8" };
         self.launch(name, grid, 32 * warps_per_block as u32, &mut a)?;
         Ok(true)
     }
 
-    /// Runs single-row `g` (`g.m == 1`, and the conditions of [`Gpu::gemv`]) with the persistent
-    /// pipelined kernel `gemv_pipe`: one block per SM, each owning whole rows of the batch-flattened
-    /// output. Returns false (and does nothing) for shapes it does not take: no rows or no K, more
-    /// than 2³¹ 16-byte chunks, or x rows that do not fit its shared memory.
+    /// Runs single-row `g` (the caller, [`Gpu::gemv`], has checked `g.m == 1` and its other
+    /// conditions) with the persistent pipelined kernel `gemv_pipe`: one block per SM, each owning
+    /// whole rows of the batch-flattened output. Returns false (and does nothing) for shapes it
+    /// does not take: no rows or no K, more than 2³¹ 16-byte chunks, or x rows that do not fit its
+    /// shared memory.
     fn gemv_pipe(&self, g: &Gemm) -> Result<bool> {
         let batch = g.batch.max(1);
         let grid = self.sm_count.max(1);
         let (rows_cap, smem) = gemv_pipe_smem(g.n, g.k, batch, grid);
-        let fits = g.m == 1
-            && g.n > 0
-            && g.k > 0
-            && g.k % 8 == 0
-            && g.n * batch * (g.k / 8) <= i32::MAX as usize
-            && smem <= PIPE_MAX_SMEM;
+        let fits =
+            g.n > 0 && g.k > 0 && g.n * batch * (g.k / 8) <= i32::MAX as usize && smem <= PIPE_MAX_SMEM;
         if !fits {
             return Ok(false);
         }
-        let mut a = Args::new();
-        a.push(g.x)
-            .push(i(g.ldx))
-            .push(g.stride_x as i64)
-            .push(g.w)
-            .push(i(g.ldw))
-            .push(g.stride_w as i64)
-            .push(g.y)
-            .push(i(g.ldy))
-            .push(g.stride_y as i64)
-            .push(i(g.m))
-            .push(i(g.n))
-            .push(i(g.k))
-            .push(i32::from(g.y_f32))
-            .push(i32::from(g.beta == 1.0))
-            .push(i(batch))
-            .push(i(rows_cap));
+        let mut a = gemv_args(g);
+        a.push(i(batch)).push(i(rows_cap));
         self.launch_smem(
             "gemv_pipe",
             (grid as u32, 1, 1),
@@ -115,6 +83,27 @@ impl Gpu {
         )?;
         Ok(true)
     }
+}
+
+/// The arguments that gemv_m1, gemv_m8 and gemv_pipe share, in their order (csrc/gemv.cu); each
+/// launcher appends its own.
+fn gemv_args(g: &Gemm) -> Args {
+    let mut a = Args::new();
+    a.push(g.x)
+        .push(i(g.ldx))
+        .push(g.stride_x as i64)
+        .push(g.w)
+        .push(i(g.ldw))
+        .push(g.stride_w as i64)
+        .push(g.y)
+        .push(i(g.ldy))
+        .push(g.stride_y as i64)
+        .push(i(g.m))
+        .push(i(g.n))
+        .push(i(g.k))
+        .push(i32::from(g.y_f32))
+        .push(i32::from(g.beta == 1.0));
+    a
 }
 
 #[cfg(test)]

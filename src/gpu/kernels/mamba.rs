@@ -7,7 +7,6 @@ use crate::error::Result;
 use crate::gpu::device::{Args, Gpu};
 
 impl Gpu {
-    #[allow(clippy::too_many_arguments)]
     pub fn conv1d_prefill(
         &self,
         xs: u64,
@@ -63,7 +62,6 @@ impl Gpu {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn conv1d_update(
         &self,
         xs: u64,
@@ -112,7 +110,6 @@ impl Gpu {
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn scan_chunk_combine(
         &self,
         a_f32: u64,

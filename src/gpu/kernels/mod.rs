@@ -130,7 +130,6 @@ impl Gpu {
 
     /// RMSNorm of rows assembled from `x` (+ `add`) and `b` (see csrc/norm.cu); 0 means null.
     /// `x_f32`: x is fp32 (the residual stream), else bf16.
-    #[allow(clippy::too_many_arguments)]
     pub fn rmsnorm(
         &self,
         x: u64,
