@@ -8,7 +8,7 @@ use crate::error::Result;
 use crate::gpu::batch::Entry;
 use crate::gpu::gemm::{self, Gemm};
 use crate::gpu::mem::cu;
-use crate::model::SeqInput;
+use crate::model::{check_batch, SeqInput};
 
 impl GpuModel {
     /// True when `batch` takes the decode fast path: one token per entry, and the step's logits
@@ -19,11 +19,14 @@ impl GpuModel {
             && batch.iter().all(|s| s.tokens.len() == 1)
     }
 
-    /// One decode step for a checked `batch` of b one-token entries: the layers, the final norm,
-    /// lm_head and the argmax. Leaves the logits in ws.logits rows 0..b and the tokens in
-    /// ws.argmax. The work is a CUDA graph captured for batch size b on first use and replayed
+    /// One decode step for a `batch` of b one-token entries (checked here against the model's
+    /// limits, like every forward): the layers, the final norm, lm_head and the argmax. Leaves the
+    /// logits in ws.logits rows 0..b and the tokens in ws.argmax. The work is a CUDA graph captured for batch size b on first use and replayed
     /// after the step's description is uploaded; the host side allocates nothing.
     pub(super) fn decode_step(&mut self, batch: &[SeqInput]) -> Result<()> {
+        check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
+            self.states.len[s]
+        })?;
         let b = batch.len();
         self.step_entries.clear();
         self.step_tokens.clear();

@@ -338,12 +338,23 @@ impl Model for GpuModel {
     }
 
     fn forward_greedy(&mut self, batch: &[SeqInput]) -> Result<Vec<u32>> {
-        let v = self.cfg.vocab_size;
         let mut out = vec![0u32; batch.len()];
+        self.forward_greedy_into(batch, &mut out)?;
+        Ok(out)
+    }
+
+    fn forward_greedy_into(&mut self, batch: &[SeqInput], next: &mut [u32]) -> Result<()> {
+        check_out_len("next", next.len(), batch.len())?;
         if self.is_decode_step(batch) {
-            self.forward_greedy_into(batch, &mut out)?;
-            return Ok(out);
+            self.decode_step(batch)?;
+            let ids = &mut self.step_ids[..batch.len()];
+            self.gpu.dtoh(self.ws.argmax.ptr(), ids)?;
+            for (n, &id) in next.iter_mut().zip(ids.iter()) {
+                *n = id as u32;
+            }
+            return Ok(());
         }
+        let v = self.cfg.vocab_size;
         self.forward_rounds(batch, Logits::Last, &mut |me, piece| {
             let rows: Vec<usize> = piece.iter().map(|p| p.1).collect();
             me.logits_rows(&rows)?;
@@ -352,29 +363,10 @@ impl Model for GpuModel {
             let mut ids = vec![0i32; rows.len()];
             me.gpu.dtoh(me.ws.argmax.ptr(), &mut ids)?;
             for (k, (bi, _)) in piece.iter().enumerate() {
-                out[*bi] = ids[k] as u32;
+                next[*bi] = ids[k] as u32;
             }
             Ok(())
-        })?;
-        Ok(out)
-    }
-
-    fn forward_greedy_into(&mut self, batch: &[SeqInput], next: &mut [u32]) -> Result<()> {
-        check_out_len("next", next.len(), batch.len())?;
-        if !self.is_decode_step(batch) {
-            next.copy_from_slice(&self.forward_greedy(batch)?);
-            return Ok(());
-        }
-        check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
-            self.states.len[s]
-        })?;
-        self.decode_step(batch)?;
-        let ids = &mut self.step_ids[..batch.len()];
-        self.gpu.dtoh(self.ws.argmax.ptr(), ids)?;
-        for (n, &id) in next.iter_mut().zip(ids.iter()) {
-            *n = id as u32;
-        }
-        Ok(())
+        })
     }
 
     fn forward_last_into(&mut self, batch: &[SeqInput], out: &mut [f32]) -> Result<()> {
@@ -386,9 +378,6 @@ impl Model for GpuModel {
             }
             return Ok(());
         }
-        check_batch(&self.cfg, batch, self.opts.slots, self.ctx, |s| {
-            self.states.len[s]
-        })?;
         self.decode_step(batch)?;
         self.gpu.dtoh(self.ws.logits.ptr(), out)
     }
