@@ -6,13 +6,15 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|scan-ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
 export PYTHONUNBUFFERED=1
 export ZAMBA_RUN_BIN=$PWD/.gpu/bin/zamba-run
 out=${OUT:-gpu-out}
+# build_gpu_bundle.sh ships the binaries as .gpu/bin.tar.xz (the carry limit is 64 MiB).
+if [[ -f .gpu/bin.tar.xz ]]; then rm -rf .gpu/bin && tar -xJf .gpu/bin.tar.xz -C .gpu; fi
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv | tee "$out/gpu.txt"
 status=0
@@ -47,6 +49,16 @@ if has ab; then
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
   done
 fi
+if has scan-ab; then
+  # Prefill scan routes (same binary, same run): the one-pass scan_seq (default) against the
+  # three chunked kernels.
+  for env in "ZAMBA_SCAN=seq" "ZAMBA_SCAN=chunked"; do
+    for p in 512 2048; do
+      echo "=== $env zamba-run bench --random -p $p -n 8"
+      env $env .gpu/bin/zamba-run bench --random -p $p -n 8 2>&1 | tee -a "$out/bench.log"
+    done
+  done
+fi
 if has profile; then
   # Kernel durations of decode steps replayed from the CUDA graph (ncu profiles each graph node
   # alone: no launch gaps, caches not flushed), on a 6-layer model at the 7B widths.
@@ -57,9 +69,10 @@ if has profile; then
   python3 scripts/kernel_summary.py < "$out/ncu.csv"
 fi
 if has profile-prefill; then
-  echo "=== ncu: a 512-token prefill (6 layers: 5 Mamba + 1 hybrid), twice"
+  plen=${PREFILL_LEN:-512}
+  echo "=== ncu: a $plen-token prefill (6 layers: 5 Mamba + 1 hybrid), twice"
   ncu --cache-control none --clock-control none --metrics gpu__time_duration.sum \
-      --csv .gpu/bin/zamba-run bench --random --layers 6 -p 512 -n 1 --reps 1 2>/dev/null \
+      --csv .gpu/bin/zamba-run bench --random --layers 6 -p $plen -n 1 --reps 1 2>/dev/null \
       > "$out/ncu-prefill.csv"
   python3 scripts/kernel_summary.py < "$out/ncu-prefill.csv"
 fi

@@ -1,7 +1,7 @@
 //! The Mamba kernels against the CPU reference at Zamba-7B's sizes (d_inner 7424 in 2 mamba heads
 //! of 3712, d_state 16, dt_rank 232, conv width 4): the causal conv1d over prefill lengths 1, 7,
 //! 333 and 2049 in one batch, its state update, then a one-token update for three sequences; the
-//! chunked selective scan over the same lengths, then one-token SSM decode from the states it
+//! selective scan (one-pass and chunked) over the same lengths, then one-token SSM decode from the states it
 //! wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1.
 //! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
 //! without a GPU.
@@ -137,7 +137,18 @@ fn rows(v: &[f32], width: usize, start: usize, len: usize) -> Vec<f32> {
 }
 
 #[test]
+fn selective_scan_prefill_one_pass_and_decode() {
+    selective_scan_prefill_and_decode(true);
+}
+
+#[test]
 fn selective_scan_prefill_chunked_and_decode() {
+    selective_scan_prefill_and_decode(false);
+}
+
+/// The prefill scan (`scan_seq` when `one_pass`, else the three chunked kernels) over four
+/// sequences from random states, then one-token decode from the states it wrote.
+fn selective_scan_prefill_and_decode(one_pass: bool) {
     let Some(g) = gpu_or_skip("selective scan") else {
         return;
     };
@@ -185,22 +196,27 @@ fn selective_scan_prefill_chunked_and_decode() {
         nh: NH as i32,
         r: R as i32,
     };
-    g.scan_chunk_local(&args, &bb.meta, h_loc.ptr(), dtsum.ptr(), nc)
+    if one_pass {
+        g.scan_seq(&args, &bb.meta, dstate.ptr(), y.ptr(), es.len())
+            .unwrap();
+    } else {
+        g.scan_chunk_local(&args, &bb.meta, h_loc.ptr(), dtsum.ptr(), nc)
+            .unwrap();
+        g.scan_chunk_combine(
+            da.ptr(),
+            &bb.meta,
+            dstate.ptr(),
+            h_loc.ptr(),
+            dtsum.ptr(),
+            s_in.ptr(),
+            es.len(),
+            DI,
+            N,
+        )
         .unwrap();
-    g.scan_chunk_combine(
-        da.ptr(),
-        &bb.meta,
-        dstate.ptr(),
-        h_loc.ptr(),
-        dtsum.ptr(),
-        s_in.ptr(),
-        es.len(),
-        DI,
-        N,
-    )
-    .unwrap();
-    g.scan_chunk_output(&args, &bb.meta, dstate.ptr(), s_in.ptr(), y.ptr(), nc)
-        .unwrap();
+        g.scan_chunk_output(&args, &bb.meta, dstate.ptr(), s_in.ptr(), y.ptr(), nc)
+            .unwrap();
+    }
     let got = down_bf16(&g, y.ptr(), m * DI);
     let got_state = down_f32(&g, dstate.ptr(), 4 * DI * N);
     let p = ScanParams {

@@ -103,6 +103,9 @@ pub struct Gpu {
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
     /// `ZAMBA_FLASH_K32=1` sets it.
     pub flash_small_tiles: bool,
+    /// Runs the prefill scan as the three chunked kernels instead of the one-pass `scan_seq`
+    /// (`ZAMBA_SCAN=chunked`), for A/B runs.
+    pub chunked_scan: bool,
     /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`).
     pub sm_count: usize,
 }
@@ -142,6 +145,7 @@ const KERNELS: &[&str] = &[
     "scan_chunk_local",
     "scan_chunk_combine",
     "scan_chunk_output",
+    "scan_seq",
     "ssm_decode",
     "ssm_decode_dt",
     "kv_append",
@@ -223,6 +227,7 @@ impl Gpu {
             functions,
             gemv_mode: GemvMode::from_env(),
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
+            chunked_scan: std::env::var("ZAMBA_SCAN").is_ok_and(|v| v == "chunked"),
             sm_count,
         })
     }

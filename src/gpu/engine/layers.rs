@@ -157,6 +157,8 @@ impl GpuModel {
                 g.ssm_decode_dt(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m)?;
             } else if decode {
                 g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;
+            } else if !self.gpu.chunked_scan {
+                g.scan_seq(&scan, &meta, ssm, ws.y.ptr(), entries.len())?;
             } else {
                 let nc = self.batch.n_chunks;
                 if self.batch.multi_chunk {

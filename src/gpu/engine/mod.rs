@@ -24,7 +24,7 @@ use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
-use super::kernels::FLASH_MAX_HD;
+use super::kernels::{FLASH_MAX_HD, SCAN_SEQ_CHANNELS};
 use super::loader::{check_free, GpuWeights};
 use super::workspace::Workspace;
 use crate::config::ZambaConfig;
@@ -282,6 +282,13 @@ fn check_supported(cfg: &ZambaConfig) -> Result<()> {
         return bad(format!(
             "the CUDA scan handles at most 4 mamba heads, not {}",
             cfg.n_mamba_heads
+        ));
+    }
+    let mhd = cfg.mamba_head_dim();
+    if mhd % SCAN_SEQ_CHANNELS as usize != 0 || cfg.mamba_dt_rank % 2 != 0 {
+        return bad(format!(
+            "the CUDA scan needs a Mamba head dim (d_inner / n_mamba_heads) divisible by {SCAN_SEQ_CHANNELS} and an even mamba_dt_rank, not {mhd} and {}",
+            cfg.mamba_dt_rank
         ));
     }
     let hd = cfg.attention_head_dim;

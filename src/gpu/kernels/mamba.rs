@@ -2,7 +2,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ScanArgs};
+use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ScanArgs, SCAN_SEQ_CHANNELS};
 use crate::error::Result;
 use crate::gpu::device::{Args, Gpu};
 
@@ -155,6 +155,37 @@ impl Gpu {
         self.launch(
             "scan_chunk_output",
             (blocks(s.di as usize, 128), n_chunks as u32, 1),
+            128,
+            &mut a,
+        )
+    }
+
+    /// The one-pass prefill scan (`scan_seq`): each entry's tokens from its slot's state, which
+    /// it updates. Needs DH % 16 (SEQ_CH in csrc/scan.cu) == 0 and an even R.
+    pub fn scan_seq(
+        &self,
+        s: &ScanArgs,
+        meta: &BatchMeta,
+        ssm_state: u64,
+        y: u64,
+        n_entries: usize,
+    ) -> Result<()> {
+        if s.dh % SCAN_SEQ_CHANNELS as i32 != 0 || s.r % 2 != 0 {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "the prefill scan needs a Mamba head dim divisible by {SCAN_SEQ_CHANNELS} and an even dt_rank, not {} and {}",
+                s.dh, s.r
+            )));
+        }
+        let mut a = Args::new();
+        a.push(*s)
+            .push(meta.entry_start)
+            .push(meta.entry_len)
+            .push(meta.entry_slot)
+            .push(ssm_state)
+            .push(y);
+        self.launch(
+            "scan_seq",
+            (s.di as u32 / SCAN_SEQ_CHANNELS, n_entries as u32, 1),
             128,
             &mut a,
         )

@@ -67,6 +67,10 @@ pub const fn flash_smem_bytes(hd: usize, bk: usize) -> usize {
     (FLASH_BQ + 2 * bk) * (hd + 8) * 2 + pairs * (bk / 16) * 32 * 16 + 2 * pairs * 2 * 16 * 4
 }
 
+/// Channels per block of the prefill scan `scan_seq` (SEQ_CH in csrc/scan.cu); the Mamba head
+/// dim must be a multiple of it (the engine checks).
+pub const SCAN_SEQ_CHANNELS: u32 = 16;
+
 /// Single-row GEMMs with fewer weight bytes than this go to csrc/gemv.cu by default: on the H200
 /// it beat cuBLAS on x_proj (3.9 against 7.8 µs) and lost on every large matrix, where cuBLAS
 /// reaches 72–100% of copy bandwidth (BENCHMARKS.md, `zamba-run bench --gemv-ab`).
