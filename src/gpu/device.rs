@@ -137,6 +137,7 @@ const KERNELS: &[&str] = &[
     "rmsnorm",
     "gelu_mul",
     "conv1d_prefill",
+    "conv1d_prefill_k8",
     "conv_state_update",
     "conv1d_update",
     "scan_chunk_local",
