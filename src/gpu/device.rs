@@ -135,6 +135,7 @@ impl GemvMode {
 const KERNELS: &[&str] = &[
     "embed_gather",
     "rmsnorm",
+    "rmsnorm_rows",
     "gelu_mul",
     "conv1d_prefill",
     "conv1d_prefill_k8",
