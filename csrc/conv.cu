@@ -10,45 +10,111 @@
 
 // Prefill: out[m, c] = silu(bias[c] + sum_k w[c, k] * x(j - (K-1) + k)), j = m - entry_start[e],
 // where x(i) = xs[entry_start[e] + i, c] for i >= 0 and conv_state[slot, K-1+i, c] for i < 0.
+// The sum is fp32, bias first, then the taps in order k = 0, 1, ...; the output is bf16.
 // xs rows have stride ldx (xs lives inside in_proj's [x | z] output). Does not touch the state:
-// conv_state_update runs after it. Each thread computes CONV_ROWS consecutive rows of one channel
-// (its taps loaded once; the rows' overlapping inputs come from L1), so that the loads of
-// neighbouring rows are in flight together.
-// Launch: grid (ceil(DI/256), ceil(M/CONV_ROWS)), block 256.
+// conv_state_update runs after it.
+//
+// Each thread computes 8 consecutive channels (16-byte loads and stores: needs DI % 8 == 0,
+// ldx % 8 == 0 and 16-byte aligned xs, conv_state and out) of CONV_ROWS consecutive rows. It loads
+// those rows and the K-1 rows above them up front, all in flight together, and holds them: every
+// row is read once. Entry info is looked up again only where a row's entry differs from the row
+// before it. Where a row's tap reaches before its entry's first row, the entry's state replaces
+// that held row: the entry's later rows want the same value there, and a later entry in the run
+// starts after this entry's rows, so its taps that reach that far back are replaced again.
+// Launch: grid (ceil(DI / (8 * CONV_THREADS)), ceil(M / CONV_ROWS)), block CONV_THREADS; the
+// kernel conv1d_prefill for K <= 4, conv1d_prefill_k8 for larger K.
 #define CONV_ROWS 8
-extern "C" __global__ void conv1d_prefill(const bf16* __restrict__ xs, int ldx,
-                                          const int* __restrict__ tok_entry,
-                                          const int* __restrict__ entry_start,
-                                          const int* __restrict__ entry_slot,
-                                          const bf16* __restrict__ conv_state,
-                                          const float* __restrict__ w, const float* __restrict__ bias,
-                                          bf16* __restrict__ out, int M, int DI, int K) {
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= DI) return;
-    float wc[MAX_CONV];
+#define CONV_THREADS 64
+
+union ConvX8 {
+    uint4 u;
+    bf16 h[8];
+};
+
+// The body for K <= KW taps: held row q is row m0 - (KW-1) + q, so the taps of row r are held rows
+// r + KW-K .. r + KW-1 (tap k at r + KW-K + k), and the slots below KW-K are never used.
+template <int KW>
+__device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs, int ldx,
+                                                    const int* __restrict__ tok_entry,
+                                                    const int* __restrict__ entry_start,
+                                                    const int* __restrict__ entry_slot,
+                                                    const bf16* __restrict__ conv_state,
+                                                    const float* __restrict__ w, const float* __restrict__ bias,
+                                                    bf16* __restrict__ out, int M, int DI, int K) {
+    const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (c0 >= DI) return;
+    const int m0 = blockIdx.y * CONV_ROWS;
+    ConvX8 x[KW - 1 + CONV_ROWS];
 #pragma unroll
-    for (int k = 0; k < MAX_CONV; ++k) wc[k] = k < K ? w[c * K + k] : 0.f;
-    const float b = bias[c];
+    for (int q = 0; q < KW - 1 + CONV_ROWS; ++q) {
+        const int m = m0 - (KW - 1) + q;
+        x[q].u = q >= KW - K && m >= 0 && m < M ? *reinterpret_cast<const uint4*>(xs + (size_t)m * ldx + c0)
+                                                : make_uint4(0, 0, 0, 0);
+    }
+    float wt[KW][8], b[8];
+#pragma unroll
+    for (int ch = 0; ch < 8; ++ch) {
+        b[ch] = bias[c0 + ch];
+#pragma unroll
+        for (int t = 0; t < KW; ++t) wt[t][ch] = t >= KW - K ? w[(c0 + ch) * K + t - (KW - K)] : 0.f;
+    }
+    int e = -1, start = 0;
+    const bf16* st = conv_state;
 #pragma unroll
     for (int r = 0; r < CONV_ROWS; ++r) {
-        const int m = blockIdx.y * CONV_ROWS + r;
+        const int m = m0 + r;
         if (m >= M) break;
-        const int e = tok_entry[m];
-        const int start = entry_start[e];
+        const int em = tok_entry[m];
+        if (em != e) {
+            e = em;
+            start = entry_start[e];
+            st = conv_state + (size_t)entry_slot[e] * (K - 1) * DI + c0;
+        }
         const int j = m - start;
-        const bf16* st = conv_state + (size_t)entry_slot[e] * (K - 1) * DI;
-        float acc = b;
+        if (j < K - 1) {
 #pragma unroll
-        for (int k = 0; k < MAX_CONV; ++k) {
-            if (k < K) {
-                const int i = j - (K - 1) + k;
-                const float x =
-                    i >= 0 ? to_f(xs[(size_t)(start + i) * ldx + c]) : to_f(st[(size_t)(K - 1 + i) * DI + c]);
-                acc += wc[k] * x;
+            for (int t = 0; t < KW - 1; ++t) {
+                const int i = j - (KW - 1) + t;
+                if (t >= KW - K && i < 0) x[r + t].u = *reinterpret_cast<const uint4*>(st + (size_t)(K - 1 + i) * DI);
             }
         }
-        out[(size_t)m * DI + c] = to_bf(silu(acc));
+        float acc[8];
+#pragma unroll
+        for (int ch = 0; ch < 8; ++ch) acc[ch] = b[ch];
+#pragma unroll
+        for (int t = 0; t < KW; ++t) {
+            if (t >= KW - K) {
+#pragma unroll
+                for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(x[r + t].h[ch]);
+            }
+        }
+        ConvX8 o;
+#pragma unroll
+        for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
+        *reinterpret_cast<uint4*>(out + (size_t)m * DI + c0) = o.u;
     }
+}
+
+// K <= 4 (Zamba's 4 among them). At most 128 registers, so that 16 warps fit on an SM.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, 8)
+    conv1d_prefill(const bf16* __restrict__ xs, int ldx, const int* __restrict__ tok_entry,
+                   const int* __restrict__ entry_start, const int* __restrict__ entry_slot,
+                   const bf16* __restrict__ conv_state, const float* __restrict__ w,
+                   const float* __restrict__ bias, bf16* __restrict__ out, int M, int DI, int K) {
+    conv1d_prefill_rows<4>(xs, ldx, tok_entry, entry_start, entry_slot, conv_state, w, bias, out, M, DI, K);
+}
+
+// 4 < K <= MAX_CONV: a kernel of its own, so that its larger register file does not cost the
+// common one occupancy.
+extern "C" __global__ void conv1d_prefill_k8(const bf16* __restrict__ xs, int ldx,
+                                             const int* __restrict__ tok_entry,
+                                             const int* __restrict__ entry_start,
+                                             const int* __restrict__ entry_slot,
+                                             const bf16* __restrict__ conv_state,
+                                             const float* __restrict__ w, const float* __restrict__ bias,
+                                             bf16* __restrict__ out, int M, int DI, int K) {
+    conv1d_prefill_rows<MAX_CONV>(xs, ldx, tok_entry, entry_start, entry_slot, conv_state, w, bias, out, M,
+                                  DI, K);
 }
 
 // After conv1d_prefill: each entry's slot keeps the last K-1 inputs of (old state ++ new tokens):

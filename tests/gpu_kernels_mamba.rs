@@ -1,7 +1,9 @@
 //! The Mamba kernels against the CPU reference at Zamba-7B's sizes (d_inner 7424 in 2 mamba heads
-//! of 3712, d_state 16, dt_rank 232, conv width 4): the causal conv1d over prefill lengths 1, 7,
-//! 333 and 2049 in one batch, its state update, then a one-token update for three sequences; the
-//! selective scan (one-pass and chunked) over the same lengths, then one-token SSM decode from the states it
+//! of 3712, d_state 16, dt_rank 232, conv width 4): the causal conv1d over prefill lengths 1, 2,
+//! 7, 3, 65, 333, 509 and 2049 in one batch (from non-zero states; the kernel's runs of 8 rows
+//! cross entries), its state update, then a one-token update for three sequences; the
+//! selective scan (one-pass and chunked) over 1, 7, 333 and 2049, then one-token SSM decode from
+//! the states it
 //! wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1.
 //! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
 //! without a GPU.
@@ -23,10 +25,20 @@ fn causal_conv1d_prefill_update_and_state() {
         return;
     };
     let mut rng = Rng(3);
-    let es = entries(&[(2, 1, 0), (0, 7, 4), (3, 333, 9), (1, 2049, 0)]);
+    let es = entries(&[
+        (2, 1, 0),
+        (5, 2, 3),
+        (0, 7, 4),
+        (4, 3, 0),
+        (6, 65, 1),
+        (3, 333, 9),
+        (7, 509, 0),
+        (1, 2049, 0),
+    ]);
+    let slots = es.len();
     let m: usize = es.iter().map(|e| e.len).sum();
     let xz = rng.bf16_vec(m * 2 * DI, -2.0, 2.0);
-    let state0 = rng.bf16_vec(4 * (K - 1) * DI, -2.0, 2.0);
+    let state0 = rng.bf16_vec(slots * (K - 1) * DI, -2.0, 2.0);
     let w = rng.f32_vec(DI * K, -0.5, 0.5);
     let b = rng.f32_vec(DI, -0.3, 0.3);
     let (dxz, dstate, dw, db) = (
@@ -37,6 +49,22 @@ fn causal_conv1d_prefill_update_and_state() {
     );
     let out = poisoned(&g, m * DI * 2);
     let bb = batch_buffers(&g, &es);
+    // 8 channels per thread: d_inner and the row stride must be multiples of 8.
+    for (ldx, di) in [(2 * DI, DI - 4), (2 * DI - 4, DI)] {
+        let r = g.conv1d_prefill(
+            dxz.ptr(),
+            ldx,
+            &bb.meta,
+            dstate.ptr(),
+            dw.ptr(),
+            db.ptr(),
+            out.ptr(),
+            m,
+            di,
+            K,
+        );
+        assert!(r.is_err(), "conv1d_prefill accepted ldx {ldx}, d_inner {di}");
+    }
     g.conv1d_prefill(
         dxz.ptr(),
         2 * DI,
@@ -53,7 +81,7 @@ fn causal_conv1d_prefill_update_and_state() {
     g.conv_state_update(dxz.ptr(), 2 * DI, &bb.meta, dstate.ptr(), es.len(), DI, K)
         .unwrap();
     let got = down_bf16(&g, out.ptr(), m * DI);
-    let got_state = down_bf16(&g, dstate.ptr(), 4 * (K - 1) * DI);
+    let got_state = down_bf16(&g, dstate.ptr(), slots * (K - 1) * DI);
     let sz = (K - 1) * DI;
     for e in &es {
         let xs: Vec<f32> = (0..e.len)
@@ -96,7 +124,7 @@ fn causal_conv1d_prefill_update_and_state() {
     )
     .unwrap();
     let got1 = down_bf16(&g, out1.ptr(), 3 * DI);
-    let state1 = down_bf16(&g, dstate.ptr(), 4 * sz);
+    let state1 = down_bf16(&g, dstate.ptr(), slots * sz);
     for (bi, e) in es1.iter().enumerate() {
         let mut st = got_state[e.slot * sz..(e.slot + 1) * sz].to_vec();
         let want = causal_conv1d_silu(&x1[bi * 2 * DI..bi * 2 * DI + DI], 1, &w, &b, &mut st);

@@ -1,6 +1,8 @@
 //! RMSNorm, the embedding gather, gelu_mul and argmax against the CPU reference at Zamba-7B's
 //! sizes: RMSNorm over 7 rows of hidden 3712 (bf16 input, bf16 or fp32 residual add, the
 //! 7424-wide norm over concat(h, e), gathered rows) and over rows of 9001 (the two-pass path);
+//! the many-row kernel over 512 and 65 rows of those, bit for bit against the block-per-row one,
+//! and 37 rows of 1000, then 100 rows of the odd width 3711 (the block-per-row fallback);
 //! the embedding gather from a 32000 × 3712 table; gelu_mul over 7 rows of MLP 14848; argmax over
 //! rows of 32000 with a tie. Inputs are random bf16 values, the same on both sides. Skips (and
 //! says so) on a machine without a GPU.
@@ -184,6 +186,140 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     assert_close(
         "long-row rmsnorm",
         &down_bf16(&g, outl.ptr(), 2 * d),
+        &want,
+        1e-6,
+        tol,
+    );
+}
+
+/// Many rows (prefill) take `rmsnorm_rows`, one warp per row with 4-element loads, where the
+/// inputs line up for them, and `rmsnorm` with 256 threads per row otherwise. Checks the first
+/// against the CPU reference at the engine's sizes, and bit for bit against the second, reached
+/// by passing the same weights one element off an 8-byte boundary; and an odd width, which only
+/// the second takes.
+#[test]
+fn rmsnorm_many_rows_one_warp_per_row() {
+    let Some(g) = gpu_or_skip("rmsnorm many rows") else {
+        return;
+    };
+    let mut rng = Rng(11);
+    let m = 512;
+    let a = rng.bf16_vec(m * H, -3.0, 3.0);
+    let add = rng.bf16_vec(m * H, -3.0, 3.0);
+    let e = rng.bf16_vec(m * H, -0.1, 0.1);
+    let w = rng.bf16_vec(2 * H, 0.8, 1.2);
+    let af: Vec<f32> = a
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v + 1e-3 * ((i % 7) as f32 - 3.0))
+        .collect();
+    // The weights again, starting 2 bytes into the buffer.
+    let w_off: Vec<f32> = std::iter::once(0.0).chain(w.iter().cloned()).collect();
+    let (da, dadd, de, dw, daf, dw_off) = (
+        up_bf16(&g, &a),
+        up_bf16(&g, &add),
+        up_bf16(&g, &e),
+        up_bf16(&g, &w),
+        up_f32(&g, &af),
+        up_bf16(&g, &w_off),
+    );
+    let gathered: Vec<i32> = (0..65).map(|t| (t * 7 % m) as i32).collect();
+    let drows = up_i32(&g, &gathered);
+    let tol = 2.0 * BF16_RTOL;
+    // Element i of input row t of each case.
+    let f32_add = |t: usize, i: usize| af[t * H + i] + add[t * H + i];
+    let concat = |t: usize, i: usize| if i < H { af[t * H + i] } else { e[t * H + i - H] };
+    let bf16_add = |t: usize, i: usize| rb(a[t * H + i] + add[t * H + i]);
+    let bf16_plain = |t: usize, i: usize| a[t * H + i];
+    let f32_gathered = |t: usize, i: usize| af[gathered[t] as usize * H + i];
+    // (name, (x, x_f32, add, b, rows) as Gpu::rmsnorm takes them, rows, d2, input)
+    type Case<'a> = (
+        &'a str,
+        (u64, bool, u64, u64, u64),
+        usize,
+        usize,
+        &'a dyn Fn(usize, usize) -> f32,
+    );
+    let cases: [Case; 5] = [
+        (
+            "fp32 + bf16 add",
+            (daf.ptr(), true, dadd.ptr(), 0, 0),
+            m,
+            0,
+            &f32_add,
+        ),
+        ("concat(h, e)", (daf.ptr(), true, 0, de.ptr(), 0), m, H, &concat),
+        (
+            "bf16 + bf16 add",
+            (da.ptr(), false, dadd.ptr(), 0, 0),
+            m,
+            0,
+            &bf16_add,
+        ),
+        ("bf16, 65 rows", (da.ptr(), false, 0, 0, 0), 65, 0, &bf16_plain),
+        (
+            "fp32, 65 gathered",
+            (daf.ptr(), true, 0, 0, drows.ptr()),
+            65,
+            0,
+            &f32_gathered,
+        ),
+    ];
+    for (name, (x, x_f32, addp, b, rows), n, d2, input) in cases {
+        let d = H + d2;
+        let run = |wp: u64| {
+            let out = poisoned(&g, n * d * 2);
+            g.rmsnorm(x, x_f32, addp, b, rows, wp, out.ptr(), n, H, d2, EPS)
+                .unwrap();
+            down_bf16(&g, out.ptr(), n * d)
+        };
+        let got = run(dw.ptr());
+        let want: Vec<f32> = (0..n)
+            .flat_map(|t| rms_hf(&(0..d).map(|i| input(t, i)).collect::<Vec<_>>(), &w[..d]))
+            .collect();
+        assert_close(&format!("rmsnorm_rows {name}"), &got, &want, 1e-6, tol);
+        let block = run(dw_off.at::<half::bf16>(1));
+        let diff = got
+            .iter()
+            .zip(&block)
+            .position(|(p, q)| p.to_bits() != q.to_bits());
+        assert!(
+            diff.is_none(),
+            "rmsnorm_rows {name} differs from rmsnorm at {diff:?}"
+        );
+    }
+
+    // Fewer rows, shorter than the decode path's 2048.
+    let (n, d) = (37, 1000);
+    let x = rng.bf16_vec(n * d, -3.0, 3.0);
+    let dx = up_bf16(&g, &x);
+    let out = poisoned(&g, n * d * 2);
+    g.rmsnorm(dx.ptr(), false, 0, 0, 0, dw.ptr(), out.ptr(), n, d, 0, EPS)
+        .unwrap();
+    let want: Vec<f32> = (0..n)
+        .flat_map(|t| rms_hf(&x[t * d..(t + 1) * d], &w[..d]))
+        .collect();
+    assert_close(
+        "rmsnorm_rows 37 rows of 1000",
+        &down_bf16(&g, out.ptr(), n * d),
+        &want,
+        1e-6,
+        tol,
+    );
+
+    // An odd width: rmsnorm with 256 threads per row (its two-pass path).
+    let (n, d) = (100, 3711);
+    let x = rng.bf16_vec(n * d, -3.0, 3.0);
+    let dx = up_bf16(&g, &x);
+    let out = poisoned(&g, n * d * 2);
+    g.rmsnorm(dx.ptr(), false, 0, 0, 0, dw.ptr(), out.ptr(), n, d, 0, EPS)
+        .unwrap();
+    let want: Vec<f32> = (0..n)
+        .flat_map(|t| rms_hf(&x[t * d..(t + 1) * d], &w[..d]))
+        .collect();
+    assert_close(
+        "rmsnorm 100 rows of 3711",
+        &down_bf16(&g, out.ptr(), n * d),
         &want,
         1e-6,
         tol,

@@ -138,8 +138,10 @@ impl GemvMode {
 const KERNELS: &[&str] = &[
     "embed_gather",
     "rmsnorm",
+    "rmsnorm_rows",
     "gelu_mul",
     "conv1d_prefill",
+    "conv1d_prefill_k8",
     "conv_state_update",
     "conv1d_update",
     "scan_chunk_local",

@@ -20,6 +20,13 @@ impl Gpu {
         di: usize,
         k: usize,
     ) -> Result<()> {
+        // 8 channels per thread, in 16-byte loads and stores (csrc/conv.cu).
+        if di % 8 != 0 || ldx % 8 != 0 || (xs | conv_state | out) % 16 != 0 || !(1..=8).contains(&k) {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "conv1d_prefill needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state and \
+                 out, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
+            )));
+        }
         let mut a = Args::new();
         a.push(xs)
             .push(i(ldx))
@@ -33,8 +40,19 @@ impl Gpu {
             .push(i(m))
             .push(i(di))
             .push(i(k));
-        // CONV_ROWS rows per thread (csrc/conv.cu).
-        self.launch("conv1d_prefill", (blocks(di, 256), blocks(m, 8), 1), 256, &mut a)
+        // CONV_THREADS threads of 8 channels and CONV_ROWS rows each per block (csrc/conv.cu).
+        let (threads, rows) = (64, 8);
+        let kernel = if k <= 4 {
+            "conv1d_prefill"
+        } else {
+            "conv1d_prefill_k8"
+        };
+        self.launch(
+            kernel,
+            (blocks(di / 8, threads), blocks(m, rows), 1),
+            threads as u32,
+            &mut a,
+        )
     }
 
     pub fn conv_state_update(
