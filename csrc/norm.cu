@@ -26,8 +26,7 @@ extern "C" __global__ void embed_gather(const int* __restrict__ ids, const bf16*
 // with src = rows ? rows[row] : row (rows picks e.g. each sequence's last token for the logits).
 // With a bf16 `a`, a + add is rounded to bf16 first, like HF's bf16 residual add; with the
 // engine's fp32 residual stream it stays fp32. `add`, `b` and `rows` may be null.
-// Launch: grid (n_rows), block 256, or 1024 for up to 64 rows of 2048 or more (more rows whose
-// loads line up for it take rmsnorm_rows below instead).
+// Launch: grid (n_rows), block 256, or 1024 for up to 64 rows of 2048 or more.
 __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16* add, const bf16* b,
                                             size_t src, int D1, int D2, int i) {
     if (i >= D1) return to_f(b[src * D2 + (i - D1)]);
@@ -78,120 +77,6 @@ extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const 
     for (int i = threadIdx.x; i < D; i += blockDim.x) {
         const float x = norm_input(a, a_f32, add, b, src, D1, D2, i);
         o[i] = to_bf(to_f(w[i]) * round_bf(x * r));
-    }
-}
-
-// rmsnorm for many rows (prefill): one warp per row, NORM_WARPS rows per block, 4 elements at a
-// time (16-byte fp32 and 8-byte bf16 loads and stores: needs D1 % 4 == 0, D2 % 4 == 0 and pointers
-// aligned to those sizes, which the host checks). Its results are rmsnorm's with 256 threads bit
-// for bit, the sum of squares included: lane L takes chunks q = L + 32p, whose elements 4q + s are
-// those of that launch's thread t = 4L + s + 128 (p & 1), s = 0..3. It keeps those 8 threads' sums
-// apart, each in the same order, then adds them up in block_sum's order. The row is read twice
-// (the second time mostly from L1), NORM_BATCH chunks per lane in flight.
-// Launch: grid (ceil(n_rows / NORM_WARPS)), block 32 * NORM_WARPS.
-#define NORM_WARPS 4
-#define NORM_BATCH 16  // even, so that chunk p's parity is its index's in a batch
-
-union NormX4 {
-    uint2 u;
-    bf16 h[4];
-};
-
-__device__ __forceinline__ float4 norm_f4(NormX4 v) {
-    return make_float4(to_f(v.h[0]), to_f(v.h[1]), to_f(v.h[2]), to_f(v.h[3]));
-}
-
-__device__ __forceinline__ float4 norm_bf4(const bf16* p) {
-    NormX4 v;
-    v.u = *reinterpret_cast<const uint2*>(p);
-    return norm_f4(v);
-}
-
-// norm_input for elements i .. i+3 (i % 4 == 0).
-__device__ __forceinline__ float4 norm_input4(const void* a, int a_f32, const bf16* add, const bf16* b,
-                                              size_t src, int D1, int D2, int i) {
-    if (i >= D1) return norm_bf4(b + src * D2 + (i - D1));
-    const size_t k = src * D1 + i;
-    if (a_f32) {
-        float4 x = *reinterpret_cast<const float4*>(static_cast<const float*>(a) + k);
-        if (add) {
-            const float4 y = norm_bf4(add + k);
-            x = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
-        }
-        return x;
-    }
-    float4 x = norm_bf4(static_cast<const bf16*>(a) + k);
-    if (add) {
-        const float4 y = norm_bf4(add + k);
-        x = make_float4(round_bf(x.x + y.x), round_bf(x.y + y.y), round_bf(x.z + y.z), round_bf(x.w + y.w));
-    }
-    return x;
-}
-
-extern "C" __global__ void __launch_bounds__(32 * NORM_WARPS)
-    rmsnorm_rows(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
-                 const bf16* __restrict__ b, const int* __restrict__ rows, const bf16* __restrict__ w,
-                 bf16* __restrict__ out, int n_rows, int D1, int D2, float eps) {
-    const int lane = threadIdx.x & 31, row = blockIdx.x * NORM_WARPS + (threadIdx.x >> 5);
-    if (row >= n_rows) return;
-    const size_t src = rows ? rows[row] : row;
-    const int D = D1 + D2, n4 = D / 4;
-    // ss[s + 4h]: the sum of thread 4L + s + 128h. Chunks past the row add zeros, which changes no
-    // sum (they are all +0 or more).
-    float ss[8] = {};
-    for (int q0 = lane; q0 < n4; q0 += 32 * NORM_BATCH) {
-        float4 x[NORM_BATCH];
-#pragma unroll
-        for (int u = 0; u < NORM_BATCH; ++u) {
-            const int q = q0 + 32 * u;
-            x[u] = q < n4 ? norm_input4(a, a_f32, add, b, src, D1, D2, 4 * q) : make_float4(0.f, 0.f, 0.f, 0.f);
-        }
-#pragma unroll
-        for (int u = 0; u < NORM_BATCH; ++u) {
-            float* s = ss + 4 * (u & 1);
-            s[0] += x[u].x * x[u].x;
-            s[1] += x[u].y * x[u].y;
-            s[2] += x[u].z * x[u].z;
-            s[3] += x[u].w * x[u].w;
-        }
-    }
-    // block_sum's warp_sum in each of the 256 threads' warps: their lane bits 4, 3, 2 are bits 2, 1,
-    // 0 of L here, bits 1 and 0 are s. Lanes L with the same L / 8 = g then hold warps g and g + 4.
-#pragma unroll
-    for (int k = 0; k < 8; ++k)
-#pragma unroll
-        for (int o = 4; o > 0; o >>= 1) ss[k] += __shfl_xor_sync(0xffffffffu, ss[k], o);
-    // Across those 8 warps (lanes >= 8 add zeros first, a no-op): warp index bit 2 is h, bits 1 and 0
-    // are bits 4 and 3 of L.
-    float tot = ((ss[0] + ss[2]) + (ss[1] + ss[3])) + ((ss[4] + ss[6]) + (ss[5] + ss[7]));
-    tot += __shfl_xor_sync(0xffffffffu, tot, 16);
-    tot += __shfl_xor_sync(0xffffffffu, tot, 8);
-    const float r = rsqrtf(tot / (float)D + eps);
-    bf16* o = out + (size_t)row * D;
-    for (int q0 = lane; q0 < n4; q0 += 32 * NORM_BATCH) {
-        float4 x[NORM_BATCH];
-        NormX4 wv[NORM_BATCH];
-#pragma unroll
-        for (int u = 0; u < NORM_BATCH; ++u) {
-            const int q = q0 + 32 * u;
-            if (q < n4) {
-                x[u] = norm_input4(a, a_f32, add, b, src, D1, D2, 4 * q);
-                wv[u].u = *reinterpret_cast<const uint2*>(w + 4 * q);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < NORM_BATCH; ++u) {
-            const int q = q0 + 32 * u;
-            if (q < n4) {
-                const float4 wf = norm_f4(wv[u]);
-                NormX4 y;
-                y.h[0] = to_bf(wf.x * round_bf(x[u].x * r));
-                y.h[1] = to_bf(wf.y * round_bf(x[u].y * r));
-                y.h[2] = to_bf(wf.z * round_bf(x[u].z * r));
-                y.h[3] = to_bf(wf.w * round_bf(x[u].w * r));
-                *reinterpret_cast<uint2*>(o + 4 * q) = y.u;
-            }
-        }
     }
 }
 

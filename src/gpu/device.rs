@@ -138,7 +138,6 @@ impl GemvMode {
 const KERNELS: &[&str] = &[
     "embed_gather",
     "rmsnorm",
-    "rmsnorm_rows",
     "gelu_mul",
     "conv1d_prefill",
     "conv1d_prefill_k8",

@@ -148,14 +148,6 @@ impl Gpu {
         d2: usize,
         eps: f32,
     ) -> Result<()> {
-        // A few long rows (decode): `rmsnorm`, one block of 1024 threads per row, so that one row
-        // is not a long serial loop. Many rows (prefill): `rmsnorm_rows`, one warp per row and
-        // NORM_WARPS = 4 rows per block, where its 4-element loads and stores line up; otherwise
-        // `rmsnorm` with 256 threads per row, whose results `rmsnorm_rows` reproduces bit for bit
-        // (rows longer than NORM_HELD · 256 = 2048 then take its two-pass path).
-        let few = d1 + d2 >= 2048 && n_rows <= 64;
-        let x_align = if x_f32 { 16 } else { 8 };
-        let vec4 = d1 % 4 == 0 && d2 % 4 == 0 && x % x_align == 0 && (add | b | w | out) % 8 == 0;
         let mut a = Args::new();
         a.push(x)
             .push(i32::from(x_f32))
@@ -163,13 +155,18 @@ impl Gpu {
             .push(b)
             .push(rows)
             .push(w)
-            .push(out);
-        if !few && vec4 {
-            a.push(i(n_rows)).push(i(d1)).push(i(d2)).push(eps);
-            return self.launch("rmsnorm_rows", (blocks(n_rows, 4), 1, 1), 4 * 32, &mut a);
-        }
-        a.push(i(d1)).push(i(d2)).push(eps);
-        let threads = if few { 1024 } else { 256 };
+            .push(out)
+            .push(i(d1))
+            .push(i(d2))
+            .push(eps);
+        // One block per row. A few long rows (decode) get wide blocks, so that one row is not a
+        // long serial loop; many rows (prefill) get 256 threads, so that more rows run at once
+        // (rows longer than NORM_HELD · 256 = 2048 then take the kernel's two-pass path).
+        let threads = if d1 + d2 >= 2048 && n_rows <= 64 {
+            1024
+        } else {
+            256
+        };
         self.launch("rmsnorm", (n_rows as u32, 1, 1), threads, &mut a)
     }
 
