@@ -9,12 +9,15 @@
 #define DEC_WARPS 4
 
 // Appends each row's k and v to its sequence's cache at position entry_past[e] + (m - entry_start[e]).
-// Launch: grid (ceil(NKV*HD/256), M), block 256.
+// Each thread copies 8 consecutive elements (one 16-byte load and store for k and for v): needs
+// HD % 8 == 0 (an 8-element chunk stays inside one head), q_width and ldqkv multiples of 8 and
+// 16-byte aligned buffers (the host checks).
+// Launch: grid (ceil(NKV*HD/8/256), M), block 256.
 extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, int q_width,
                                      const int* __restrict__ tok_entry, const int* __restrict__ entry_start,
                                      const int* __restrict__ entry_past, const int* __restrict__ entry_slot,
                                      bf16* __restrict__ kc, bf16* __restrict__ vc, int NKV, int HD, int ctx) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     const int m = blockIdx.y;
     const int kvw = NKV * HD;
     if (i >= kvw) return;
@@ -23,8 +26,9 @@ extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, in
     if (pos >= ctx) return;  // the host checks the context limit; never write past the cache
     const int g = i / HD, d = i % HD;
     const size_t dst = (((size_t)entry_slot[e] * NKV + g) * ctx + pos) * HD + d;
-    kc[dst] = qkv[(size_t)m * ldqkv + q_width + i];
-    vc[dst] = qkv[(size_t)m * ldqkv + q_width + kvw + i];
+    const bf16* src = qkv + (size_t)m * ldqkv + q_width + i;
+    *reinterpret_cast<uint4*>(kc + dst) = *reinterpret_cast<const uint4*>(src);
+    *reinterpret_cast<uint4*>(vc + dst) = *reinterpret_cast<const uint4*>(src + kvw);
 }
 
 // Flash-decoding, step 1: one query per sequence (row b of qkv), split over the keys. Block

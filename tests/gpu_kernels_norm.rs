@@ -226,6 +226,8 @@ fn embedding_gather_and_gelu_mul() {
         1e-6,
         BF16_RTOL,
     );
+    // The kernel takes 8 elements per thread: a width that is not a multiple of 8 is refused.
+    assert!(g.gelu_mul(dgu.ptr(), out.ptr(), m, F - 4).is_err());
 }
 
 #[test]

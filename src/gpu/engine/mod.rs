@@ -106,6 +106,13 @@ impl GpuModel {
                 "slots, max_tokens and the context must be positive".into(),
             ));
         }
+        // Per-token kernels put the token on the grid's y axis (csrc: kv_append, gelu_mul).
+        if opts.max_tokens > 65535 {
+            return Err(ZambaError::InvalidInput(format!(
+                "max_tokens {} is above the 65535 tokens one forward can take",
+                opts.max_tokens
+            )));
+        }
         let need = SlotStates::bytes(&cfg, opts.slots, ctx)
             + Workspace::bytes(&cfg, opts.max_tokens, opts.slots, ctx);
         check_free(&gpu, need, "the caches and workspaces")?;
@@ -289,6 +296,12 @@ fn check_supported(cfg: &ZambaConfig) -> Result<()> {
         return bad(format!(
             "the CUDA scan needs a Mamba head dim (d_inner / n_mamba_heads) divisible by {SCAN_SEQ_CHANNELS} and an even mamba_dt_rank, not {mhd} and {}",
             cfg.mamba_dt_rank
+        ));
+    }
+    if cfg.intermediate_size % 8 != 0 {
+        return bad(format!(
+            "the CUDA MLP needs intermediate_size % 8 == 0, not {}",
+            cfg.intermediate_size
         ));
     }
     let hd = cfg.attention_head_dim;

@@ -20,6 +20,12 @@ impl Gpu {
         hd: usize,
         ctx: usize,
     ) -> Result<()> {
+        // 8 elements per thread, 16-byte accesses (csrc/attention.cu).
+        if hd % 8 != 0 || q_width % 8 != 0 || ldqkv % 8 != 0 || (qkv | kc | vc) % 16 != 0 {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "kv_append needs head_dim, q_width and ldqkv % 8 == 0 and 16-byte aligned buffers (head_dim {hd}, q_width {q_width}, ldqkv {ldqkv})"
+            )));
+        }
         let mut a = Args::new();
         a.push(qkv)
             .push(i(ldqkv))
@@ -33,7 +39,7 @@ impl Gpu {
             .push(i(nkv))
             .push(i(hd))
             .push(i(ctx));
-        self.launch("kv_append", (blocks(nkv * hd, 256), m as u32, 1), 256, &mut a)
+        self.launch("kv_append", (blocks(nkv * hd / 8, 256), m as u32, 1), 256, &mut a)
     }
 
     /// Causal attention of one entry's `len` new queries (qkv rows `row0..row0 + len`, at

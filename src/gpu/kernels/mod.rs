@@ -161,7 +161,8 @@ impl Gpu {
             .push(eps);
         // One block per row. A few long rows (decode) get wide blocks, so that one row is not a
         // long serial loop; many rows (prefill) get 256 threads, so that more rows run at once
-        // (rows longer than NORM_HELD · 256 = 2048 then take the kernel's two-pass path).
+        // (rows longer than NORM_HELD · 256 = 2048 then take the kernel's two-pass path: on the
+        // H200, 1024 threads per row at 2048 rows of 3712 took 58.6 µs against 38.7 at 256).
         let threads = if d1 + d2 >= 2048 && n_rows <= 64 {
             1024
         } else {
@@ -170,10 +171,16 @@ impl Gpu {
         self.launch("rmsnorm", (n_rows as u32, 1, 1), threads, &mut a)
     }
 
+    /// 8 elements per thread with 16-byte accesses: needs F % 8 == 0 and aligned buffers.
     pub fn gelu_mul(&self, gu: u64, out: u64, m: usize, f: usize) -> Result<()> {
+        if f % 8 != 0 || (gu | out) % 16 != 0 {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "gelu_mul needs intermediate_size % 8 == 0 and 16-byte aligned buffers, not {f}"
+            )));
+        }
         let mut a = Args::new();
-        a.push(gu).push(out).push(i(m)).push(i(f));
-        self.launch("gelu_mul", (blocks(m * f, 256), 1, 1), 256, &mut a)
+        a.push(gu).push(out).push(i(f));
+        self.launch("gelu_mul", (blocks(f / 8, 256), m as u32, 1), 256, &mut a)
     }
 
     pub fn argmax_rows(&self, x: u64, out: u64, rows: usize, v: usize) -> Result<()> {
