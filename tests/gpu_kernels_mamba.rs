@@ -1,12 +1,12 @@
 //! The Mamba kernels against the CPU reference at Zamba-7B's sizes (d_inner 7424 in 2 mamba heads
 //! of 3712, d_state 16, dt_rank 232, conv width 4): the causal conv1d over prefill lengths 1, 2,
 //! 7, 3, 65, 333, 509 and 2049 in one batch (from non-zero states; the kernel's runs of 8 rows
-//! cross entries), its state update, then a one-token update for three sequences; the
-//! selective scan (one-pass and chunked) over 1, 7, 333 and 2049, then one-token SSM decode from
-//! the states it
-//! wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1.
-//! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
-//! without a GPU.
+//! cross entries), its state update, then a one-token update for three sequences; the selective
+//! scan (one-pass and chunked) over 1, 7, 333 and 2049, then one-token SSM decode from the states
+//! it wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1;
+//! batch-1 decode with the conv fused into x_proj and the state update, bit for bit against the
+//! unfused kernels and against the CPU (and the fused state update at batch 3). Inputs are random
+//! bf16 values, the same on both sides. Skips (and says so) on a machine without a GPU.
 
 mod common;
 
@@ -17,7 +17,9 @@ use common::gpu::{
 use common::{assert_close, gpu_or_skip, Rng};
 use half::bf16;
 use zamba::cpu::mamba::{causal_conv1d_silu, selective_scan, ScanParams};
-use zamba::gpu::kernels::ScanArgs;
+use zamba::gpu::gemm::Gemm;
+use zamba::gpu::kernels::{ConvIn, ScanArgs};
+use zamba::gpu::GemvMode;
 
 #[test]
 fn causal_conv1d_prefill_update_and_state() {
@@ -443,4 +445,265 @@ fn ssm_decode_with_fused_dt_proj() {
         // Every slot: the entries' slots updated, the others untouched.
         assert_close("fused decode states", &got_state, &states, 1e-5, 1e-3);
     }
+}
+
+/// The bits of a downloaded buffer, for exact comparisons (NaN included).
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn decode_with_fused_conv_matches_unfused() {
+    let Some(mut g) = gpu_or_skip("decode with the conv fused into x_proj and the state update") else {
+        return;
+    };
+    // The unfused x_proj runs through gemv_m1, the default routing, whose sums xproj_conv_m1
+    // reproduces.
+    g.gemv_mode = GemvMode::SingleRow;
+    let mut rng = Rng(13);
+    const SLOTS: usize = 4;
+    let (csz, ssz) = ((K - 1) * DI, DI * N);
+    let xz = rng.bf16_vec(3 * 2 * DI, -2.0, 2.0);
+    let conv0 = rng.bf16_vec(SLOTS * csz, -2.0, 2.0);
+    let cw = rng.f32_vec(DI * K, -0.5, 0.5);
+    let cb = rng.f32_vec(DI, -0.3, 0.3);
+    let wx = rng.bf16_vec(NH * XR * DH, -0.05, 0.05);
+    // Small dt_proj weights keep dtr near 0, where a bf16 rounding flip between the GPU's and the
+    // CPU's dot is negligible.
+    let wdt = rng.bf16_vec(DI * R, -0.01, 0.01);
+    let a = rng.f32_vec(DI * N, -16.0, -1.0);
+    let d = rng.f32_vec(DI, 0.5, 1.5);
+    let dt_bias = rng.f32_vec(DI, -5.0, -2.0);
+    let ssm0 = rng.f32_vec(SLOTS * ssz, -0.5, 0.5);
+    let (dxz, dcw, dcb, dwx, dwdt) = (
+        up_bf16(&g, &xz),
+        up_f32(&g, &cw),
+        up_f32(&g, &cb),
+        up_bf16(&g, &wx),
+        up_bf16(&g, &wdt),
+    );
+    let (da, dd, dbias) = (up_f32(&g, &a), up_f32(&g, &d), up_f32(&g, &dt_bias));
+    let es = entries(&[(2, 1, 9)]);
+    let bb = batch_buffers(&g, &es);
+    let slot = es[0].slot;
+    // One set of states per path.
+    let (conv_u, conv_f) = (up_bf16(&g, &conv0), up_bf16(&g, &conv0));
+    let (ssm_u, ssm_f) = (up_f32(&g, &ssm0), up_f32(&g, &ssm0));
+    let xc = poisoned(&g, DI * 2);
+    let (xd_u, xd_f) = (poisoned(&g, NH * XR * 2), poisoned(&g, NH * XR * 2));
+    let (y_u, y_f) = (poisoned(&g, DI * 2), poisoned(&g, DI * 2));
+    let scan = |u: u64, xdbl: u64| ScanArgs {
+        u,
+        dtr: 0, // not read by ssm_decode_dt*
+        z: dxz.at::<bf16>(DI),
+        ldz: (2 * DI) as i32,
+        _pad: 0,
+        xdbl,
+        a: da.ptr(),
+        d: dd.ptr(),
+        dt_bias: dbias.ptr(),
+        di: DI as i32,
+        dh: DH as i32,
+        nh: NH as i32,
+        r: R as i32,
+    };
+    let conv_in = |state: u64| ConvIn {
+        xs: dxz.ptr(),
+        ldx: 2 * DI,
+        state,
+        w: dcw.ptr(),
+        bias: dcb.ptr(),
+    };
+
+    // Unfused: conv1d_update, x_proj (gemv_m1), ssm_decode_dt.
+    g.conv1d_update(
+        dxz.ptr(),
+        2 * DI,
+        &bb.meta,
+        conv_u.ptr(),
+        dcw.ptr(),
+        dcb.ptr(),
+        xc.ptr(),
+        1,
+        DI,
+        K,
+    )
+    .unwrap();
+    let x_proj = Gemm {
+        ldx: DI,
+        ldw: DH,
+        ldy: NH * XR,
+        batch: NH,
+        stride_x: DH,
+        stride_w: XR * DH,
+        stride_y: XR,
+        ..Gemm::linear(xc.ptr(), dwx.ptr(), xd_u.ptr(), 1, XR, DH)
+    };
+    assert!(g.gemv(&x_proj).unwrap(), "x_proj must run through gemv_m1");
+    g.ssm_decode_dt(
+        &scan(xc.ptr(), xd_u.ptr()),
+        dwdt.ptr(),
+        &bb.meta,
+        ssm_u.ptr(),
+        y_u.ptr(),
+        1,
+    )
+    .unwrap();
+    // Fused: xproj_conv_m1, ssm_decode_dt_conv (no u buffer).
+    g.xproj_conv_m1(
+        &conv_in(conv_f.ptr()),
+        &bb.meta,
+        dwx.ptr(),
+        xd_f.ptr(),
+        DI,
+        NH,
+        XR,
+        K,
+    )
+    .unwrap();
+    let conv_mid = down_bf16(&g, conv_f.ptr(), SLOTS * csz);
+    assert_eq!(
+        bits(&conv_mid),
+        bits(&conv0),
+        "xproj_conv_m1 must not write the conv state"
+    );
+    g.ssm_decode_dt_conv(
+        &scan(0, xd_f.ptr()),
+        dwdt.ptr(),
+        &bb.meta,
+        ssm_f.ptr(),
+        y_f.ptr(),
+        1,
+        &conv_in(conv_f.ptr()),
+        K,
+    )
+    .unwrap();
+
+    let got = |b: &zamba::gpu::mem::DeviceBuf, n: usize, f32: bool| {
+        if f32 {
+            down_f32(&g, b.ptr(), n)
+        } else {
+            down_bf16(&g, b.ptr(), n)
+        }
+    };
+    let (xdu, xdf) = (got(&xd_u, NH * XR, false), got(&xd_f, NH * XR, false));
+    let (yu, yf) = (got(&y_u, DI, false), got(&y_f, DI, false));
+    let (su, sf) = (got(&ssm_u, SLOTS * ssz, true), got(&ssm_f, SLOTS * ssz, true));
+    let (cu, cf) = (got(&conv_u, SLOTS * csz, false), got(&conv_f, SLOTS * csz, false));
+    assert_eq!(bits(&xdf), bits(&xdu), "xdbl: fused and unfused");
+    assert_eq!(bits(&yf), bits(&yu), "y: fused and unfused");
+    assert_eq!(bits(&sf), bits(&su), "SSM states: fused and unfused");
+    assert_eq!(bits(&cf), bits(&cu), "conv states: fused and unfused");
+
+    // Against the CPU, stage by stage: the conv and its state, x_proj on the GPU's conv output,
+    // dt_proj and the scan on the GPU's xdbl.
+    let mut conv_ref = conv0.clone();
+    let u_ref = causal_conv1d_silu(
+        &xz[..DI],
+        1,
+        &cw,
+        &cb,
+        &mut conv_ref[slot * csz..(slot + 1) * csz],
+    );
+    let u = down_bf16(&g, xc.ptr(), DI);
+    assert_close("fused-path conv", &u, &u_ref, 1e-3, BF16_RTOL);
+    assert_eq!(cf, conv_ref, "conv states against the CPU");
+    for hh in 0..NH {
+        let want: Vec<f32> = (0..XR)
+            .map(|n| {
+                let row = &wx[(hh * XR + n) * DH..(hh * XR + n + 1) * DH];
+                row.iter()
+                    .zip(&u[hh * DH..(hh + 1) * DH])
+                    .map(|(w, x)| w * x)
+                    .sum()
+            })
+            .collect();
+        assert_close(
+            "fused x_proj",
+            &xdf[hh * XR..(hh + 1) * XR],
+            &want,
+            1e-3,
+            BF16_RTOL,
+        );
+    }
+    let dtr: Vec<f32> = (0..DI)
+        .map(|c| {
+            let dtl = &xdf[(c / DH) * XR..(c / DH) * XR + R];
+            rb(dtl.iter().zip(&wdt[c * R..(c + 1) * R]).map(|(x, w)| x * w).sum())
+        })
+        .collect();
+    let p = ScanParams {
+        a: &a,
+        d: &d,
+        dt_bias: &dt_bias,
+        n_heads: NH,
+        d_state: N,
+        dt_rank: R,
+    };
+    let mut states = ssm0.clone();
+    let want = selective_scan(
+        &u,
+        &dtr,
+        &xdf,
+        &xz[DI..2 * DI],
+        1,
+        &p,
+        &mut states[slot * ssz..(slot + 1) * ssz],
+    );
+    assert_close("fused decode y", &yf, &want, 2e-3, 2.0 * BF16_RTOL);
+    assert_close("fused decode states", &sf, &states, 1e-5, 1e-3);
+
+    // ssm_decode_dt_conv takes batches too: 3 entries on random xdbl, continuing from the states
+    // above, against conv1d_update + ssm_decode_dt.
+    let es3 = entries(&[(1, 1, 4), (2, 1, 10), (0, 1, 7)]);
+    let bb3 = batch_buffers(&g, &es3);
+    let dxd3 = up_bf16(&g, &rng.bf16_vec(3 * NH * XR, -1.0, 1.0));
+    let xc3 = poisoned(&g, 3 * DI * 2);
+    let (y3_u, y3_f) = (poisoned(&g, 3 * DI * 2), poisoned(&g, 3 * DI * 2));
+    g.conv1d_update(
+        dxz.ptr(),
+        2 * DI,
+        &bb3.meta,
+        conv_u.ptr(),
+        dcw.ptr(),
+        dcb.ptr(),
+        xc3.ptr(),
+        3,
+        DI,
+        K,
+    )
+    .unwrap();
+    g.ssm_decode_dt(
+        &scan(xc3.ptr(), dxd3.ptr()),
+        dwdt.ptr(),
+        &bb3.meta,
+        ssm_u.ptr(),
+        y3_u.ptr(),
+        3,
+    )
+    .unwrap();
+    g.ssm_decode_dt_conv(
+        &scan(0, dxd3.ptr()),
+        dwdt.ptr(),
+        &bb3.meta,
+        ssm_f.ptr(),
+        y3_f.ptr(),
+        3,
+        &conv_in(conv_f.ptr()),
+        K,
+    )
+    .unwrap();
+    let y3u = got(&y3_u, 3 * DI, false);
+    assert!(y3u.iter().all(|x| x.is_finite()), "batch-3 y written");
+    assert_eq!(bits(&got(&y3_f, 3 * DI, false)), bits(&y3u), "batch-3 y");
+    assert_eq!(
+        bits(&got(&ssm_f, SLOTS * ssz, true)),
+        bits(&got(&ssm_u, SLOTS * ssz, true)),
+        "batch-3 SSM states"
+    );
+    assert_eq!(
+        bits(&got(&conv_f, SLOTS * csz, false)),
+        bits(&got(&conv_u, SLOTS * csz, false)),
+        "batch-3 conv states"
+    );
 }
