@@ -50,19 +50,6 @@ __device__ __forceinline__ float block_max(float v) {
 
 __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
 
-// The depthwise causal conv of one channel over its window (oldest input first, the new one last),
-// with SiLU, as the bf16 the conv output buffer holds: acc = bias, then acc = fma(w[k], win[k], acc)
-// for k = 0..K-1, then silu, rounded. conv1d_update and the fused decode kernels (xproj_conv_m1,
-// ssm_decode_dt_conv) all call it, so that they produce the same bits.
-__device__ __forceinline__ bf16 conv_silu(float bias, const float* w, const float* win, int K) {
-    float acc = bias;
-    for (int k = 0; k < K; ++k) acc = fmaf(w[k], win[k], acc);
-    return to_bf(silu(acc));
-}
-
-// The conv width the fused decode kernels are built for (Zamba's d_conv; the host checks).
-#define FUSED_CONV_K 4
-
 // PyTorch's softplus with threshold 20 (what mamba's kernels use for dt).
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 

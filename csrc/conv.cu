@@ -151,10 +151,10 @@ extern "C" __global__ void conv1d_update(const bf16* __restrict__ xs, int ldx,
     if (c >= DI) return;
     bf16* st = conv_state + (size_t)entry_slot[b] * (K - 1) * DI;
     bf16 win[MAX_CONV];
-    float winf[MAX_CONV];
     for (int j = 0; j < K - 1; ++j) win[j] = st[(size_t)j * DI + c];
     win[K - 1] = xs[(size_t)b * ldx + c];
-    for (int k = 0; k < K; ++k) winf[k] = to_f(win[k]);
-    out[(size_t)b * DI + c] = conv_silu(bias[c], w + (size_t)c * K, winf, K);
+    float acc = bias[c];
+    for (int k = 0; k < K; ++k) acc += w[c * K + k] * to_f(win[k]);
+    out[(size_t)b * DI + c] = to_bf(silu(acc));
     for (int j = 0; j < K - 1; ++j) st[(size_t)j * DI + c] = win[j + 1];
 }

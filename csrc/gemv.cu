@@ -28,50 +28,6 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& raw, float* f) {
     }
 }
 
-// Issues the loads of chunks c0 + lane + 32 i (i < INFLIGHT) of weight row wrow, those before
-// c_end (the others are zeros and never used).
-template <int INFLIGHT>
-__device__ __forceinline__ void gemv_issue(uint4 (&w)[INFLIGHT], const uint4* __restrict__ wrow, int c0, int c_end,
-                                           int lane) {
-#pragma unroll
-    for (int i = 0; i < INFLIGHT; ++i) {
-        const int c = c0 + lane + 32 * i;
-        w[i] = c < c_end ? __ldcs(wrow + c) : make_uint4(0, 0, 0, 0);
-    }
-}
-
-// acc[m] += the products of the chunks gemv_issue loaded into w with chunk c of x row m, for m < M,
-// chunk by chunk in order, xchunk(m, c) returning that x chunk. Every kernel here accumulates a
-// lane's chunks through this, so that the same lane, chunks and x give the same bits.
-template <int MAXM, int INFLIGHT, class XChunk>
-__device__ __forceinline__ void gemv_consume(const uint4 (&w)[INFLIGHT], int c0, int c_end, int lane, int M,
-                                             const XChunk& xchunk, float (&acc)[MAXM]) {
-#pragma unroll
-    for (int i = 0; i < INFLIGHT; ++i) {
-        const int c = c0 + lane + 32 * i;
-        if (c < c_end) {
-            float wf[8];
-            bf16x8_to_f32(w[i], wf);
-#pragma unroll
-            for (int m = 0; m < MAXM; ++m) {
-                if (m < M) {
-                    float xf[8];
-                    bf16x8_to_f32(xchunk(m, c), xf);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) acc[m] += wf[j] * xf[j];
-                }
-            }
-        }
-    }
-}
-
-// A row's sum from the warp sums of its wpr parts (part p at parts[p * stride]), in part order.
-__device__ __forceinline__ float gemv_parts_sum(const float* parts, int stride, int wpr) {
-    float s = 0.f;
-    for (int p = 0; p < wpr; ++p) s += parts[p * stride];
-    return s;
-}
-
 template <int MAXM>
 __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, long long stride_x,
                                           const bf16* __restrict__ W, int ldw, long long stride_w,
@@ -91,13 +47,30 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
     for (int m = 0; m < MAXM; ++m) acc[m] = 0.f;
     if (n < N) {
         const uint4* wrow = reinterpret_cast<const uint4*>(W + (size_t)b * stride_w + (size_t)n * ldw);
-        const auto xchunk = [&](int m, int c) {
-            return __ldg(reinterpret_cast<const uint4*>(x + (size_t)m * ldx) + c);
-        };
         for (int c0 = c_begin; c0 < c_end; c0 += 32 * GEMV_INFLIGHT) {
             uint4 w[GEMV_INFLIGHT];
-            gemv_issue(w, wrow, c0, c_end, lane);
-            gemv_consume(w, c0, c_end, lane, M, xchunk, acc);
+#pragma unroll
+            for (int i = 0; i < GEMV_INFLIGHT; ++i) {
+                const int c = c0 + lane + 32 * i;
+                w[i] = c < c_end ? __ldcs(wrow + c) : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int i = 0; i < GEMV_INFLIGHT; ++i) {
+                const int c = c0 + lane + 32 * i;
+                if (c < c_end) {
+                    float wf[8];
+                    bf16x8_to_f32(w[i], wf);
+#pragma unroll
+                    for (int m = 0; m < MAXM; ++m) {
+                        if (m < M) {
+                            float xf[8];
+                            bf16x8_to_f32(__ldg(reinterpret_cast<const uint4*>(x + (size_t)m * ldx) + c), xf);
+#pragma unroll
+                            for (int j = 0; j < 8; ++j) acc[m] += wf[j] * xf[j];
+                        }
+                    }
+                }
+            }
         }
     }
 #pragma unroll
@@ -110,7 +83,8 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
 #pragma unroll
     for (int m = 0; m < MAXM; ++m) {
         if (m < M) {
-            const float s = gemv_parts_sum(&part_sum[warp][m], MAXM, wpr);
+            float s = 0.f;
+            for (int p = 0; p < wpr; ++p) s += part_sum[warp + p][m];
             const size_t o = (size_t)b * stride_y + (size_t)m * ldy + n;
             if (y_f32) {
                 float* yf = static_cast<float*>(y);
@@ -137,121 +111,6 @@ gemv_m8(const bf16* __restrict__ x, int ldx, long long stride_x, const bf16* __r
         long long stride_w, void* __restrict__ y, int ldy, long long stride_y, int M, int N, int K, int y_f32,
         int accumulate, int wpr) {
     gemv_rows<8>(x, ldx, stride_x, W, ldw, stride_w, y, ldy, stride_y, M, N, K, y_f32, accumulate, wpr);
-}
-
-// x_proj for one token (batch-1 decode) with conv1d_update's conv computed on the fly, so that
-// decode runs no conv kernel. Per head hh = blockIdx.y, channels c = hh·DH + i (i < DH):
-//   u[i]     = conv_silu(bias[c], w[c, :], (conv_state[slot, 0..K-2, c], x[c]))   (bf16, = xc[c])
-//   y[hh, n] = sum_i W[hh][n, i] · u[i]                         (n < XR; fp32 sums, bf16 out)
-// with slot = entry_slot[0], x in_proj's x row, W x_proj's weight [NH][XR][DH] and y xdbl [NH][XR].
-// u is what conv1d_update writes to xc, and each row is summed exactly as gemv_m1 sums it for the
-// same wpr (the same lanes take the same chunks in the same order through gemv_issue and
-// gemv_consume; gemv_parts_sum), so y has the unfused path's bits. The conv state is only read
-// (ssm_decode_dt_conv shifts it afterwards); xc is not written.
-//
-// A block first computes its head's DH values of u into shared memory (8 channels per thread and
-// step, all 14 loads of a step issued together: 28 bytes per channel, mostly L2 hits), with its
-// first weight loads already in flight. Then its XC_WARPS warps take XC_WARPS / wpr rows at a time,
-// wpr warps per row as in gemv_m1, for rows_per_block / (XC_WARPS / wpr) passes. A warp's work is
-// a sequence of items, one per pass and round of XC_INFLIGHT chunks per lane (one round while its
-// part of a row has at most 32 · XC_INFLIGHT chunks), double-buffered: item i + 1 is in flight
-// while item i is used. Every block recomputes its head's u, so the host gives blocks several
-// passes (fewer blocks) to keep that traffic small.
-// Needs DH % 8 == 0, K == FUSED_CONV_K, XC_WARPS % wpr == 0 and rows_per_block a multiple of
-// XC_WARPS / wpr.
-// Launch: grid (ceil(XR / rows_per_block), NH), block 32 · XC_WARPS, DH · 2 bytes of dynamic shared
-// memory.
-#define XC_WARPS 16  // mirrored by kernels::XC_WARPS
-#define XC_INFLIGHT 8
-static_assert(FUSED_CONV_K == 4, "one float4 holds a channel's conv taps");
-
-extern "C" __global__ void __launch_bounds__(32 * XC_WARPS)
-xproj_conv_m1(const bf16* __restrict__ xs, const int* __restrict__ entry_slot, const bf16* __restrict__ conv_state,
-              const float* __restrict__ conv_w, const float* __restrict__ conv_b, const bf16* __restrict__ W,
-              bf16* __restrict__ y, int DI, int DH, int XR, int wpr, int rows_per_block) {
-    extern __shared__ uint4 xc_u[];  // u as DH / 8 chunks of 8 bf16
-    __shared__ float part_sum[2][XC_WARPS];
-    constexpr int K = FUSED_CONV_K;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int hh = blockIdx.y;
-    const int rows_per_pass = XC_WARPS / wpr;
-    const int part = warp % wpr;
-    const int chunks = DH / 8;
-    const int seg = (chunks + wpr - 1) / wpr;
-    const int c_begin = part * seg, c_end = min(chunks, c_begin + seg);
-    const int rounds = (seg + 32 * XC_INFLIGHT - 1) / (32 * XC_INFLIGHT);
-    const int items = rows_per_block / rows_per_pass * rounds;
-    const bf16* Wh = W + (size_t)hh * XR * DH;
-    // Item i: this warp's row n in pass i / rounds, from chunk c0 (round i % rounds); n >= XR is
-    // past the matrix (no loads, no math).
-    const auto item = [&](int i, int& n, int& c0) {
-        n = blockIdx.x * rows_per_block + i / rounds * rows_per_pass + warp / wpr;
-        c0 = c_begin + i % rounds * 32 * XC_INFLIGHT;
-    };
-    const auto issue = [&](uint4(&w)[XC_INFLIGHT], int i) {
-        int n, c0;
-        item(i, n, c0);
-        if (n < XR) gemv_issue(w, reinterpret_cast<const uint4*>(Wh + (size_t)n * DH), c0, c_end, lane);
-    };
-    uint4 wa[XC_INFLIGHT], wb[XC_INFLIGHT];
-    issue(wa, 0);
-
-    // u into shared memory.
-    {
-        const bf16* st = conv_state + (size_t)entry_slot[0] * (K - 1) * DI + (size_t)hh * DH;
-        const uint4* xh = reinterpret_cast<const uint4*>(xs + (size_t)hh * DH);
-        const float4* wh = reinterpret_cast<const float4*>(conv_w + (size_t)hh * DH * K);
-        const float4* bh = reinterpret_cast<const float4*>(conv_b + (size_t)hh * DH);
-        for (int q = threadIdx.x; q < chunks; q += blockDim.x) {
-            uint4 win[K];
-#pragma unroll
-            for (int j = 0; j < K - 1; ++j) win[j] = __ldg(reinterpret_cast<const uint4*>(st + (size_t)j * DI) + q);
-            win[K - 1] = __ldg(xh + q);
-            float4 wv[8];
-#pragma unroll
-            for (int i = 0; i < 8; ++i) wv[i] = __ldg(wh + 8 * q + i);
-            const float4 b0 = __ldg(bh + 2 * q), b1 = __ldg(bh + 2 * q + 1);
-            const float bias[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
-            float wf[K][8];
-#pragma unroll
-            for (int k = 0; k < K; ++k) bf16x8_to_f32(win[k], wf[k]);
-            uint4 out;
-            bf16* o = reinterpret_cast<bf16*>(&out);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                const float taps[K] = {wv[i].x, wv[i].y, wv[i].z, wv[i].w};
-                const float window[K] = {wf[0][i], wf[1][i], wf[2][i], wf[3][i]};
-                o[i] = conv_silu(bias[i], taps, window, K);
-            }
-            xc_u[q] = out;
-        }
-    }
-    __syncthreads();
-
-    float acc[1] = {0.f};
-    const auto xchunk = [&](int, int c) { return xc_u[c]; };
-    const auto use = [&](const uint4(&w)[XC_INFLIGHT], int i) {
-        int n, c0;
-        item(i, n, c0);
-        if (n < XR) gemv_consume(w, c0, c_end, lane, 1, xchunk, acc);
-        if (i % rounds != rounds - 1) return;  // the row goes on (block-uniform)
-        // The pass's rows are done. part_sum alternates between passes: pass p + 2 writes a half
-        // only after the barrier of pass p + 1, which its readers of pass p have passed.
-        const int half = (i / rounds) & 1;
-        const float s = warp_sum(acc[0]);
-        acc[0] = 0.f;
-        if (lane == 0) part_sum[half][warp] = s;
-        if (wpr > 1) __syncthreads();
-        if (part == 0 && lane == 0 && n < XR)
-            y[(size_t)hh * XR + n] = to_bf(gemv_parts_sum(&part_sum[half][warp], 1, wpr));
-    };
-    for (int i = 0; i < items; i += 2) {
-        if (i + 1 < items) issue(wb, i + 1);
-        use(wa, i);
-        if (i + 1 == items) break;
-        if (i + 2 < items) issue(wa, i + 2);
-        use(wb, i + 1);
-    }
 }
 
 // Persistent, software-pipelined single-row GEMV (M = 1), over the flattened rows of a batch:

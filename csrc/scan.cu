@@ -378,16 +378,6 @@ extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_
 // z, B, C and the state), so that the kernel waits for about one memory round trip; then each
 // entry's dot is a warp_sum, and half-warp j updates the 16 states (lane n owns state n) of
 // entries j, j + 2, ... and sums the C products over its 16 lanes.
-//
-// ssm_decode_dt_conv is the same with conv1d_update fused in (batch-1 decode runs it after
-// xproj_conv_m1, which writes no xc): instead of reading u from a.u, each entry's u for channel c
-// is computed from its slot's conv state and its new x, as conv1d_update computes it,
-//   u[b,c] = conv_silu(conv_b[c], conv_w[c, :], (conv_state[slot, 0..K-2, c], xs[b, c]))
-// (xs rows have stride ldx: in_proj's x), and the slot's conv state of channel c becomes the
-// window's last K - 1 values. Lane 0 of the half-warp that updates an entry writes that shift,
-// after a __syncwarp (its other lanes read the same window). No other thread of the kernel reads
-// channel c's state, and xproj_conv_m1 (which reads every channel) ran before it, so the shift
-// is race-free. Needs K == FUSED_CONV_K.
 #define DEC_WARPS 8
 #define DEC_EB 4
 
@@ -403,17 +393,9 @@ __device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
     return s;
 }
 
-// The conv inputs of ssm_decode_dt_conv (see above); not read by ssm_decode_dt.
-struct DecodeConv {
-    const bf16* xs; int ldx; bf16* state; const float* w; const float* bias;
-};
-
-template <bool CONV>
-__device__ __forceinline__ void ssm_decode_dt_run(const ScanArgs& a, const bf16* __restrict__ dt_proj,
-                                                  const int* __restrict__ entry_slot, int B,
-                                                  float* __restrict__ ssm_state, bf16* __restrict__ y,
-                                                  const DecodeConv& conv) {
-    constexpr int K = FUSED_CONV_K;
+extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
+    ssm_decode_dt(ScanArgs a, const bf16* __restrict__ dt_proj, const int* __restrict__ entry_slot,
+                  int B, float* __restrict__ ssm_state, bf16* __restrict__ y) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int blocks_per_head = (a.DH + DEC_WARPS - 1) / DEC_WARPS;
     const int h = blockIdx.x / blocks_per_head;
@@ -437,50 +419,22 @@ __device__ __forceinline__ void ssm_decode_dt_run(const ScanArgs& a, const bf16*
                     : zero;
     const float A = a.A[(size_t)c * SCAN_N + n];
     const float D = a.D[c], bias = a.dt_bias[c];
-    float taps[K] = {}, conv_bias = 0.f;
-    if (CONV) {
-        const float4 t = __ldg(reinterpret_cast<const float4*>(conv.w) + c);
-        taps[0] = t.x; taps[1] = t.y; taps[2] = t.z; taps[3] = t.w;
-        conv_bias = conv.bias[c];
-    }
     constexpr int PER_HALF = DEC_EB / 2;
     float st[PER_HALF], bv[PER_HALF], cv[PER_HALF], u[PER_HALF], z[PER_HALF];
     float* sp[PER_HALF];
-    bf16 win[PER_HALF][K];  // CONV: entry j's window, oldest first
-    bf16* cs[PER_HALF];     // CONV: entry j's conv state of channel c (row k at cs[j] + k·DI)
 #pragma unroll
     for (int j = 0; j < PER_HALF; ++j) {
         const int e = half + 2 * j, b = b0 + e;
         sp[j] = nullptr;
-        cs[j] = nullptr;
         st[j] = bv[j] = cv[j] = u[j] = z[j] = 0.f;
         if (e < nb) {
-            const int slot = entry_slot[b];
             const bf16* bc = a.xdbl + ((size_t)b * a.NH + h) * XR + a.R;
-            sp[j] = ssm_state + ((size_t)slot * a.DI + c) * SCAN_N + n;
+            sp[j] = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + n;
             st[j] = *sp[j];
             bv[j] = to_f(bc[n]);
             cv[j] = to_f(bc[SCAN_N + n]);
+            u[j] = to_f(a.u[(size_t)b * a.DI + c]);
             z[j] = to_f(a.z[(size_t)b * a.ldz + c]);
-            if (CONV) {
-                cs[j] = conv.state + (size_t)slot * (K - 1) * a.DI + c;
-#pragma unroll
-                for (int k = 0; k < K - 1; ++k) win[j][k] = cs[j][(size_t)k * a.DI];
-                win[j][K - 1] = conv.xs[(size_t)b * conv.ldx + c];
-            } else {
-                u[j] = to_f(a.u[(size_t)b * a.DI + c]);
-            }
-        }
-    }
-    if (CONV) {
-#pragma unroll
-        for (int j = 0; j < PER_HALF; ++j) {
-            if (half + 2 * j < nb) {
-                float wf[K];
-#pragma unroll
-                for (int k = 0; k < K; ++k) wf[k] = to_f(win[j][k]);
-                u[j] = to_f(conv_silu(conv_bias, taps, wf, K));
-            }
         }
     }
     float dot[DEC_EB];
@@ -503,29 +457,4 @@ __device__ __forceinline__ void ssm_decode_dt_run(const ScanArgs& a, const bf16*
         for (int o = 8; o > 0; o >>= 1) p += __shfl_xor_sync(0xffffffffu, p, o);
         if (e < nb && n == 0) y[(size_t)(b0 + e) * a.DI + c] = to_bf((p + D * u[j]) * silu(z[j]));
     }
-    if (CONV) {
-        __syncwarp();  // every lane has read the windows
-#pragma unroll
-        for (int j = 0; j < PER_HALF; ++j) {
-            if (half + 2 * j < nb && n == 0) {
-#pragma unroll
-                for (int k = 0; k < K - 1; ++k) cs[j][(size_t)k * a.DI] = win[j][k + 1];
-            }
-        }
-    }
-}
-
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
-    ssm_decode_dt(ScanArgs a, const bf16* __restrict__ dt_proj, const int* __restrict__ entry_slot, int B,
-                  float* __restrict__ ssm_state, bf16* __restrict__ y) {
-    ssm_decode_dt_run<false>(a, dt_proj, entry_slot, B, ssm_state, y, DecodeConv{});
-}
-
-extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
-    ssm_decode_dt_conv(ScanArgs a, const bf16* __restrict__ dt_proj, const int* __restrict__ entry_slot, int B,
-                       float* __restrict__ ssm_state, bf16* __restrict__ y, const bf16* __restrict__ xs, int ldx,
-                       bf16* __restrict__ conv_state, const float* __restrict__ conv_w,
-                       const float* __restrict__ conv_b) {
-    ssm_decode_dt_run<true>(a, dt_proj, entry_slot, B, ssm_state, y,
-                            DecodeConv{xs, ldx, conv_state, conv_w, conv_b});
 }

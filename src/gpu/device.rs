@@ -149,7 +149,6 @@ const KERNELS: &[&str] = &[
     "scan_seq",
     "ssm_decode",
     "ssm_decode_dt",
-    "ssm_decode_dt_conv",
     "kv_append",
     "flash_attn_prefill",
     "flash_attn_prefill_k32",
@@ -159,7 +158,6 @@ const KERNELS: &[&str] = &[
     "gemv_m1",
     "gemv_m8",
     "gemv_pipe",
-    "xproj_conv_m1",
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];

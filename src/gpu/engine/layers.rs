@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::gpu::attention;
 use crate::gpu::batch::Entry;
 use crate::gpu::gemm::{self, Gemm};
-use crate::gpu::kernels::{conv_fused_fits, ssm_decode_dt_fits, ConvIn, ScanArgs};
+use crate::gpu::kernels::{ssm_decode_dt_fits, ScanArgs};
 
 impl GpuModel {
     /// Runs `entries` (`m` tokens in all, already uploaded with `self.batch.upload`) through the
@@ -74,22 +74,7 @@ impl GpuModel {
                 &Gemm::linear(ws.n.ptr(), lw.in_proj, ws.xz.ptr(), m, 2 * di, h),
             )?;
             let conv = self.states.conv_at(i);
-            // dt_proj is fused into the state update (ssm_decode_dt) for small decode batches
-            // (larger ones are faster through cuBLAS and one thread per channel); at batch 1 the
-            // conv is fused too: into x_proj, which computes it for its own input, and into the
-            // state update, which also shifts the conv state. Nothing then writes xc.
-            let fused_dt = decode && m <= 8 && ssm_decode_dt_fits(r);
-            let fused_conv = fused_dt && m == 1 && self.fuse_conv && conv_fused_fits(dh, k);
-            let conv_in = ConvIn {
-                xs: ws.xz.ptr(),
-                ldx: 2 * di,
-                state: conv,
-                w: lw.conv_w,
-                bias: lw.conv_b,
-            };
-            if fused_conv {
-                g.xproj_conv_m1(&conv_in, &meta, lw.x_proj, ws.xdbl.ptr(), di, nh, xr, k)?;
-            } else if decode {
+            if decode {
                 g.conv1d_update(
                     ws.xz.ptr(),
                     2 * di,
@@ -118,23 +103,24 @@ impl GpuModel {
                 g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
             }
             // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
-            if !fused_conv {
-                gemm::run(
-                    g,
-                    blas,
-                    &Gemm {
-                        ldx: di,
-                        ldw: dh,
-                        ldy: nh * xr,
-                        batch: nh,
-                        stride_x: dh,
-                        stride_w: xr * dh,
-                        stride_y: xr,
-                        ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
-                    },
-                )?;
-            }
+            gemm::run(
+                g,
+                blas,
+                &Gemm {
+                    ldx: di,
+                    ldw: dh,
+                    ldy: nh * xr,
+                    batch: nh,
+                    stride_x: dh,
+                    stride_w: xr * dh,
+                    stride_y: xr,
+                    ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
+                },
+            )?;
             // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
+            // Small decode batches skip it: ssm_decode_dt computes dtr itself (larger ones are
+            // faster through cuBLAS and one thread per channel).
+            let fused_dt = decode && m <= 8 && ssm_decode_dt_fits(r);
             if !fused_dt {
                 gemm::run(
                     g,
@@ -167,9 +153,7 @@ impl GpuModel {
                 r: r as i32,
             };
             let ssm = self.states.ssm_at(i);
-            if fused_conv {
-                g.ssm_decode_dt_conv(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m, &conv_in, k)?;
-            } else if fused_dt {
+            if fused_dt {
                 g.ssm_decode_dt(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m)?;
             } else if decode {
                 g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;

@@ -3,10 +3,9 @@
 //! A forward runs the tokens of all its sequences as one batch of M rows through every layer
 //! (ZAMBA.md section 3): GEMMs on all rows at once, and the sequence-aware kernels (conv, scan,
 //! attention) guided by the batch description. When every sequence brings exactly one token the
-//! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding;
-//! at batch 1 the conv update is fused into x_proj and the state update); otherwise the prefill
-//! kernels run (conv, chunked scan, flash attention per sequence), continuing from each slot's
-//! state, so prefill, decode and chunked prefill are one code path.
+//! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding);
+//! otherwise the prefill kernels run (conv, chunked scan, flash attention per sequence),
+//! continuing from each slot's state, so prefill, decode and chunked prefill are one code path.
 //! Nothing is allocated after [`GpuModel::load`].
 //!
 //! This file holds the engine's state, loading and the general forward; `layers` the layer graph;
@@ -67,10 +66,6 @@ pub struct GpuModel {
     graphs: Vec<Option<CudaGraph>>,
     /// Replay decode steps as CUDA graphs (default; `ZAMBA_GRAPH=0` launches them one by one).
     use_graphs: bool,
-    /// Batch-1 decode computes the conv inside x_proj and the state update (`xproj_conv_m1`,
-    /// `ssm_decode_dt_conv`) instead of running `conv1d_update` (default; `ZAMBA_FUSE_CONV=0`
-    /// runs the unfused kernels).
-    fuse_conv: bool,
     /// Host scratch for a decode step, sized at load so that the step allocates nothing.
     step_entries: Vec<Entry>,
     step_tokens: Vec<u32>,
@@ -129,7 +124,6 @@ impl GpuModel {
         Ok(GpuModel {
             graphs: (0..opts.slots).map(|_| None).collect(),
             use_graphs: std::env::var("ZAMBA_GRAPH").map_or(true, |v| v != "0"),
-            fuse_conv: std::env::var("ZAMBA_FUSE_CONV").map_or(true, |v| v != "0"),
             step_entries: Vec::with_capacity(opts.slots),
             step_tokens: Vec::with_capacity(opts.slots),
             step_ids: vec![0; opts.slots],
@@ -154,16 +148,6 @@ impl GpuModel {
     /// launches their kernels one by one (for A/B tests and benchmarks).
     pub fn set_use_graphs(&mut self, on: bool) {
         self.use_graphs = on;
-    }
-
-    /// Fuses the conv into x_proj and the state update in batch-1 decode (`true`, the default
-    /// unless `ZAMBA_FUSE_CONV=0`) or runs `conv1d_update` (for A/B tests and benchmarks). Drops
-    /// the captured decode graphs, which hold the other choice.
-    pub fn set_fuse_conv(&mut self, on: bool) {
-        if on != self.fuse_conv {
-            self.graphs.iter_mut().for_each(|g| *g = None);
-        }
-        self.fuse_conv = on;
     }
 
     /// Bytes of device memory the engine allocated besides the weights: the caches, the

@@ -6,9 +6,6 @@ use super::*;
 use crate::gpu::device::{Args, GemvMode, Gpu};
 use crate::gpu::gemm::Gemm;
 
-/// Warps per block of `gemv_m1` and `gemv_m8` (GEMV_WARPS in csrc/gemv.cu).
-const GEMV_WARPS: usize = 4;
-
 impl Gpu {
     /// Runs `g` with the skinny bandwidth-bound kernel (csrc/gemv.cu) when the routing
     /// ([`GemvMode`]) picks it and it fits: at most 8 rows (exactly 1 for `gemv_pipe`, which
@@ -44,77 +41,21 @@ impl Gpu {
         if !fits || !wanted {
             return Ok(false);
         }
-        let wpr = self.gemv_wpr(g.k, g.n * g.batch.max(1));
-        let mut a = gemv_args(g);
-        a.push(i(wpr));
-        let grid = (blocks(g.n, GEMV_WARPS / wpr), g.batch.max(1) as u32, 1);
-        let name = if g.m == 1 { "gemv_m1" } else { "gemv_m8" };
-        self.launch(name, grid, 32 * GEMV_WARPS as u32, &mut a)?;
-        Ok(true)
-    }
-
-    /// Warps per output row of `gemv_m1` / `gemv_m8` for `rows` rows (all batch members) of K =
-    /// `k`: enough that each warp's share of K is one round of 16 loads per lane (512 chunks of
-    /// 8), and more for short matrices so that every SM gets ~16 warps. `xproj_conv_m1` uses the
-    /// same split, which makes its sums bit-identical to `gemv_m1`'s.
-    fn gemv_wpr(&self, k: usize, rows: usize) -> usize {
-        let chunks = k / 8;
-        let mut wpr = chunks.div_ceil(512).next_power_of_two().min(GEMV_WARPS);
-        while wpr < GEMV_WARPS && rows * wpr < self.sm_count * 16 && chunks / (2 * wpr) >= 64 {
+        let warps_per_block = 4; // GEMV_WARPS in csrc/gemv.cu
+                                 // Warps per output row: enough that each warp's share of K is one round of 16 loads per
+                                 // lane (512 chunks of 8), and more for short matrices so that every SM gets ~16 warps.
+        let chunks = g.k / 8;
+        let rows = g.n * g.batch.max(1);
+        let mut wpr = chunks.div_ceil(512).next_power_of_two().min(warps_per_block);
+        while wpr < warps_per_block && rows * wpr < self.sm_count * 16 && chunks / (2 * wpr) >= 64 {
             wpr *= 2;
         }
-        wpr
-    }
-
-    /// x_proj for one token with `conv1d_update` computed on the fly (`xproj_conv_m1`, see
-    /// csrc/gemv.cu): `xdbl[hh, :] = u[hh·DH..] · x_proj[hh]ᵀ` for each of the `nh` heads, where u
-    /// is the conv + SiLU of entry 0's slot state and x, bit-identical to `conv1d_update` followed
-    /// by x_proj through `gemv_m1`. Reads the conv state without shifting it
-    /// ([`Gpu::ssm_decode_dt_conv`] does that). Needs [`conv_fused_fits`].
-    pub fn xproj_conv_m1(
-        &self,
-        conv: &ConvIn,
-        meta: &BatchMeta,
-        x_proj: u64,
-        xdbl: u64,
-        di: usize,
-        nh: usize,
-        xr: usize,
-        k: usize,
-    ) -> Result<()> {
-        let dh = di / nh.max(1);
-        if nh == 0 || dh * nh != di || !conv_fused_fits(dh, k) {
-            return Err(crate::error::ZambaError::InvalidInput(format!(
-                "xproj_conv_m1 takes conv width {FUSED_CONV_K} and heads of a multiple of 8 channels \
-                 (at most 24064), not width {k} and {nh} heads over {di}"
-            )));
-        }
-        let wpr = self.gemv_wpr(dh, xr * nh);
-        // Each block recomputes its head's conv output (28 bytes a channel, mostly from L2), so
-        // blocks take several passes of XC_WARPS / wpr rows: about half the SMs get a block.
-        let rows_per_pass = XC_WARPS / wpr;
-        let passes = (nh * xr).div_ceil(rows_per_pass * (self.sm_count / 2).max(1));
-        let rows_per_block = rows_per_pass * passes.max(1);
-        let mut a = Args::new();
-        a.push(conv.xs)
-            .push(meta.entry_slot)
-            .push(conv.state)
-            .push(conv.w)
-            .push(conv.bias)
-            .push(x_proj)
-            .push(xdbl);
-        a.push(i(di))
-            .push(i(dh))
-            .push(i(xr))
-            .push(i(wpr))
-            .push(i(rows_per_block));
-        self.launch_smem(
-            "xproj_conv_m1",
-            (blocks(xr, rows_per_block), nh as u32, 1),
-            32 * XC_WARPS as u32,
-            (dh * 2) as u32,
-            &mut a,
-        )
+        let mut a = gemv_args(g);
+        a.push(i(wpr));
+        let grid = (blocks(g.n, warps_per_block / wpr), g.batch.max(1) as u32, 1);
+        let name = if g.m == 1 { "gemv_m1" } else { "gemv_m8" };
+        self.launch(name, grid, 32 * warps_per_block as u32, &mut a)?;
+        Ok(true)
     }
 
     /// Runs single-row `g` (the caller, [`Gpu::gemv`], has checked `g.m == 1` and its other

@@ -2,7 +2,7 @@
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ConvIn, ScanArgs, FUSED_CONV_K, SCAN_SEQ_CHANNELS};
+use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ScanArgs, SCAN_SEQ_CHANNELS};
 use crate::error::Result;
 use crate::gpu::device::{Args, Gpu};
 
@@ -237,63 +237,21 @@ impl Gpu {
                 s.r
             )));
         }
-        let mut a = Args::new();
-        a.push(*s)
-            .push(dt_proj)
-            .push(meta.entry_slot)
-            .push(i(b))
-            .push(ssm_state)
-            .push(y);
-        self.launch_decode_dt("ssm_decode_dt", s, b, &mut a)
-    }
-
-    /// [`Gpu::ssm_decode_dt`] with `conv1d_update` fused in: each entry's u is computed from its
-    /// slot's conv state and its new x (`conv`) instead of read from `s.u`, and the conv state is
-    /// shifted as `conv1d_update` shifts it. Runs after [`Gpu::xproj_conv_m1`] in batch-1 decode.
-    /// Needs [`ssm_decode_dt_fits`]`(R)` and conv width `k` = [`FUSED_CONV_K`].
-    pub fn ssm_decode_dt_conv(
-        &self,
-        s: &ScanArgs,
-        dt_proj: u64,
-        meta: &BatchMeta,
-        ssm_state: u64,
-        y: u64,
-        b: usize,
-        conv: &ConvIn,
-        k: usize,
-    ) -> Result<()> {
-        if !ssm_decode_dt_fits(s.r as usize) || k != FUSED_CONV_K {
-            return Err(crate::error::ZambaError::InvalidInput(format!(
-                "ssm_decode_dt_conv needs dt_rank % 8 == 0 and ≤ 256 and conv width {FUSED_CONV_K}, \
-                 not {} and {k}",
-                s.r
-            )));
-        }
-        let mut a = Args::new();
-        a.push(*s)
-            .push(dt_proj)
-            .push(meta.entry_slot)
-            .push(i(b))
-            .push(ssm_state)
-            .push(y);
-        a.push(conv.xs)
-            .push(i(conv.ldx))
-            .push(conv.state)
-            .push(conv.w)
-            .push(conv.bias);
-        self.launch_decode_dt("ssm_decode_dt_conv", s, b, &mut a)
-    }
-
-    /// Launches `ssm_decode_dt` or `ssm_decode_dt_conv` for `b` entries: DEC_WARPS channels and
-    /// DEC_EB entries per block (csrc/scan.cu).
-    fn launch_decode_dt(&self, name: &'static str, s: &ScanArgs, b: usize, a: &mut Args) -> Result<()> {
+        // DEC_WARPS channels and DEC_EB entries per block (csrc/scan.cu).
         let (warps, entries_per_block) = (8, 4);
+        let mut a = Args::new();
+        a.push(*s)
+            .push(dt_proj)
+            .push(meta.entry_slot)
+            .push(i(b))
+            .push(ssm_state)
+            .push(y);
         let grid_x = blocks(s.dh as usize, warps) * s.nh as u32;
         self.launch(
-            name,
+            "ssm_decode_dt",
             (grid_x, blocks(b, entries_per_block), 1),
             (warps * 32) as u32,
-            a,
+            &mut a,
         )
     }
 }

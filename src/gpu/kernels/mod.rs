@@ -99,33 +99,6 @@ pub fn ssm_decode_dt_fits(r: usize) -> bool {
     r % 8 == 0 && r <= 256
 }
 
-/// The conv width the conv-fused decode kernels (`xproj_conv_m1`, `ssm_decode_dt_conv`) are built
-/// for (FUSED_CONV_K in csrc/common.cuh).
-pub const FUSED_CONV_K: usize = 4;
-
-/// Warps per block of `xproj_conv_m1` (XC_WARPS in csrc/gemv.cu).
-const XC_WARPS: usize = 16;
-
-/// Whether `xproj_conv_m1` takes Mamba heads of `dh` channels and conv width `k`: Zamba's conv
-/// width, 16-byte chunks of channels, and one head of conv output in its shared memory (the
-/// default 48 KB, less its static part). `ssm_decode_dt_conv` needs `k` and
-/// [`ssm_decode_dt_fits`].
-pub fn conv_fused_fits(dh: usize, k: usize) -> bool {
-    k == FUSED_CONV_K && dh > 0 && dh % 8 == 0 && dh * 2 <= 47 << 10
-}
-
-/// The one-token conv that the conv-fused decode kernels compute instead of `conv1d_update`: the
-/// new conv inputs `xs` (row b at `xs + b·ldx` elements: in_proj's x), the slots' conv states
-/// (bf16 `[K-1, DI]` each), and the conv weight (fp32 `[DI, K]`) and bias (fp32 `[DI]`).
-#[derive(Clone, Copy, Debug)]
-pub struct ConvIn {
-    pub xs: u64,
-    pub ldx: usize,
-    pub state: u64,
-    pub w: u64,
-    pub bias: u64,
-}
-
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
