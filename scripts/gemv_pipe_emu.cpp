@@ -1,37 +1,9 @@
-// Host emulation of csrc/gemv.cu's gemv_pipe, for checking its index math without a GPU: every
-// CUDA thread of a block is an OS thread, __syncthreads a block barrier, __shfl_xor_sync a warp
-// barrier around an exchange array; blocks run one after another (so `static` stands in for
-// __shared__). Built and run by scripts/gemv_pipe_emu.sh, which rewrites the one dynamic shared
-// array declaration; compare with a double-precision reference, for many shapes and grid sizes.
-#include <barrier>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <functional>
+// Host emulation of csrc/gemv.cu's gemv_pipe (scripts/cuda_emu.h), for checking its index math
+// without a GPU. Built and run by scripts/gemv_pipe_emu.sh, which rewrites the dynamic shared array
+// declarations; compares with a double-precision reference, for many shapes and grid sizes.
 #include <random>
-#include <thread>
-#include <vector>
 
-#include <cuda_bf16.h>
-#include <vector_functions.h>
-
-#undef __global__
-#undef __device__
-#undef __forceinline__
-#undef __launch_bounds__
-#undef __shared__
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__ static
-
-struct Dim {
-    unsigned x = 0, y = 0, z = 0;
-};
-thread_local Dim threadIdx, blockIdx;
-Dim blockDim, gridDim;
+#include "cuda_emu.h"
 
 // Bounds of the weight allocation: every streamed load must fall inside a row's first K elements.
 static const char* g_w_lo;
@@ -39,47 +11,15 @@ static const char* g_w_hi;
 static long long g_loads;
 static std::function<bool(const void*)> g_w_in_row;
 
-template <class T>
-T __ldcs(const T* p) {
-    const char* c = reinterpret_cast<const char*>(p);
-    if (c < g_w_lo || c + sizeof(T) > g_w_hi || !g_w_in_row(p)) {
+static void check_weight_load(const void* p, size_t bytes) {
+    const char* c = static_cast<const char*>(p);
+    if (c < g_w_lo || c + bytes > g_w_hi || !g_w_in_row(p)) {
         std::fprintf(stderr, "weight load outside the matrix at byte %lld\n", (long long)(c - g_w_lo));
         std::abort();
     }
     __atomic_add_fetch(&g_loads, 1, __ATOMIC_RELAXED);
-    return *p;
-}
-template <class T>
-T __ldg(const T* p) {
-    return *p;
 }
 
-struct WarpEmu {
-    std::barrier<> bar{32};
-    float vals[32];
-};
-static std::vector<WarpEmu*> g_warps;
-static std::barrier<>* g_block_bar;
-
-float __shfl_xor_sync(unsigned, float v, int o) {
-    WarpEmu* w = g_warps[threadIdx.x / 32];
-    const int lane = threadIdx.x % 32;
-    w->vals[lane] = v;
-    w->bar.arrive_and_wait();
-    const float r = w->vals[lane ^ o];
-    w->bar.arrive_and_wait();
-    return r;
-}
-void __syncthreads() { g_block_bar->arrive_and_wait(); }
-float __uint_as_float(uint32_t u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-using std::max;
-using std::min;
-
-static uint4* g_dyn_smem;
 #include "gemv_pipe_emu_src.cu"
 
 struct Case {
@@ -124,29 +64,11 @@ static int run(const Case& cs, std::mt19937& rng) {
     const int rows_cap = (int)((R + G - 1) / G);
     const int span = std::min<long long>(B, (rows_cap + N - 1) / N + 1);
     const size_t smem = (size_t)(rows_cap + 3) / 4 * 16 + (size_t)span * K * 2;
-    std::vector<uint4> dyn(smem / 16);
-    g_dyn_smem = dyn.data();
-    const int threads = 32 * PIPE_WARPS;
-    blockDim = {(unsigned)threads, 1, 1};
-    gridDim = {(unsigned)G, 1, 1};
-    for (int w = 0; w < PIPE_WARPS; ++w) g_warps.push_back(new WarpEmu);
-    for (int blk = 0; blk < G; ++blk) {
-        std::fill(dyn.begin(), dyn.end(), make_uint4(0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu));
-        std::barrier<> bar(threads);
-        g_block_bar = &bar;
-        std::vector<std::thread> ts;
-        for (int t = 0; t < threads; ++t)
-            ts.emplace_back([&, t] {
-                threadIdx = {(unsigned)t, 0, 0};
-                blockIdx = {(unsigned)blk, 0, 0};
-                gemv_pipe(x.data(), 0, stride_x, W.data(), ldw, stride_w,
-                          cs.f32 ? (void*)yf.data() : (void*)yb.data(), 0, stride_y, 1, N, K, cs.f32, cs.acc, B,
-                          rows_cap);
-            });
-        for (auto& t : ts) t.join();
-    }
-    for (auto* w : g_warps) delete w;
-    g_warps.clear();
+    g_ldcs_hook = check_weight_load;
+    emu_launch(G, 1, 32 * PIPE_WARPS, smem, [&] {
+        gemv_pipe(x.data(), 0, stride_x, W.data(), ldw, stride_w, cs.f32 ? (void*)yf.data() : (void*)yb.data(), 0,
+                  stride_y, 1, N, K, cs.f32, cs.acc, B, rows_cap);
+    });
     int bad = 0;
     double worst = 0;
     for (int b = 0; b < B; ++b)

@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 inc="${CUDA_HOME:-/usr/local/cuda}/include"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-# The one dynamic shared array becomes the emulator's buffer; everything else compiles as is.
-sed 's/extern __shared__ uint4 pipe_smem\[\];/uint4* pipe_smem = g_dyn_smem;/' csrc/gemv.cu >"$tmp/gemv_pipe_emu_src.cu"
-cp csrc/common.cuh "$tmp/"
+# The dynamic shared arrays become the emulator's buffer; everything else compiles as is.
+sed 's/extern __shared__ uint4 \(\w*\)\[\];/uint4* \1 = g_dyn_smem;/' csrc/gemv.cu >"$tmp/gemv_pipe_emu_src.cu"
+cp csrc/common.cuh scripts/cuda_emu.h "$tmp/"
 g++ -std=c++20 -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined -pthread \
     -I"$tmp" -I"$inc" scripts/gemv_pipe_emu.cpp -o "$tmp/emu"
 "$tmp/emu" "$@"
