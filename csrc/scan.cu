@@ -9,25 +9,14 @@
 // output with row stride ldz; xdbl (x_proj's output) is [M, NH, XR] with XR = R + 2N: per head
 // dt_low (R), B (N), C (N). A is fp32 [DI, N]; the SSM state of a slot is fp32 [DI, N].
 //
-// Prefill is chunked over time so that every (chunk, channel) pair is one thread:
-//   1. scan_chunk_local: each chunk scans from a zero state; it keeps its final state h_loc and
-//      its total dt (the chunk's decay is exp(A * sum dt)).
-//   2. scan_chunk_combine: per (entry, c, n), walks the entry's chunks in order and writes the
-//      true initial state of each chunk, s_in[k] = decay(k-1) * s_in[k-1] + h_loc[k-1].
-//   3. scan_chunk_output: each chunk rescans from its initial state and writes y; the entry's last
-//      chunk writes the final state back to the slot.
-// An entry with a single chunk skips 1 and 2: step 3 reads and writes the slot's state directly.
-//
-// Decode (one token per entry) has two kernels: ssm_decode reads dtr like the scan above;
-// ssm_decode_dt computes dtr itself from xdbl and the dt_proj weight (what the engine runs, so
-// decode needs no dt_proj GEMM).
+// Prefill (scan_seq) walks each entry's tokens in one pass from its slot's state and writes the
+// final state back. Decode (one token per entry) has two kernels: ssm_decode reads dtr like the
+// prefill; ssm_decode_dt computes dtr itself from xdbl and the dt_proj weight (what the engine runs
+// for batches of at most 8, so that they need no dt_proj GEMM).
 #include "common.cuh"
 
 #define SCAN_N 16
-
-// Chunk descriptors (one int array each): the entry, its first token row, its length, and flags.
-#define CHUNK_SINGLE 1  // the entry has only this chunk
-#define CHUNK_LAST 2    // the entry's last chunk
+#define LOG2E 1.4426950408889634f
 
 struct ScanArgs {
     const bf16* u; const bf16* dtr; const bf16* z; int ldz; const bf16* xdbl;
@@ -54,153 +43,7 @@ __device__ __forceinline__ void scan_step(const ScanArgs& a, int c, int t, float
     y[(size_t)t * a.DI + c] = to_bf((acc + D * u) * silu(z));
 }
 
-// The prefill form of scan_step for one block of SCAN_THREADS consecutive channels: the chunk's
-// inputs are staged in shared memory SCAN_TT timesteps at a time (every load of a tile issued
-// together and coalesced; B and C once per head and timestep instead of once per thread), so that
-// the serial loop over time waits on shared memory instead of one global round trip per step.
-// Needs NH <= SCAN_MAX_NH (the host checks).
-// B and C are converted to fp32 once, when staged, and read back as float4 (broadcast: every
-// thread of a head reads the same values); exp(dt·A) is exp2(dt·A·log2 e), one MUFU op.
-#define SCAN_THREADS 128
-#define SCAN_TT 32
-#define SCAN_MAX_NH 4
-#define LOG2E 1.4426950408889634f
-
-struct ScanTile {
-    bf16 dtr[SCAN_TT][SCAN_THREADS];
-    bf16 u[SCAN_TT][SCAN_THREADS];
-    bf16 z[SCAN_TT][SCAN_THREADS];
-    float4 bc[SCAN_TT][SCAN_MAX_NH][2 * SCAN_N / 4];
-};
-
-template <bool OUT>
-__device__ __forceinline__ void scan_chunk_staged(const ScanArgs& a, ScanTile& sm, int t0, int len, float* s,
-                                                  float& dtsum, bf16* __restrict__ y) {
-    const int tid = threadIdx.x;
-    const int c = blockIdx.x * SCAN_THREADS + tid;
-    const bool live = c < a.DI;
-    const int h = live ? c / a.DH : 0;
-    const int XR = a.R + 2 * SCAN_N;
-    float A2[SCAN_N];  // A · log2 e
-    float D = 0.f, bias = 0.f;
-    if (live) {
-#pragma unroll
-        for (int n = 0; n < SCAN_N; ++n) A2[n] = a.A[(size_t)c * SCAN_N + n] * LOG2E;
-        D = a.D[c];
-        bias = a.dt_bias[c];
-    }
-    for (int tt0 = 0; tt0 < len; tt0 += SCAN_TT) {
-        const int tl = min(SCAN_TT, len - tt0);
-        __syncthreads();  // the previous tile's readers are done
-        if (live) {
-            for (int j = 0; j < tl; ++j) {
-                const size_t t = (size_t)(t0 + tt0 + j);
-                sm.dtr[j][tid] = a.dtr[t * a.DI + c];
-                sm.u[j][tid] = a.u[t * a.DI + c];
-                if (OUT) sm.z[j][tid] = a.z[t * a.ldz + c];
-            }
-        }
-        for (int i = tid; i < tl * a.NH * 2 * SCAN_N; i += SCAN_THREADS) {
-            const int j = i / (a.NH * 2 * SCAN_N), r = i % (a.NH * 2 * SCAN_N);
-            const int hh = r / (2 * SCAN_N), n = r % (2 * SCAN_N);
-            reinterpret_cast<float*>(sm.bc[j][hh])[n] = to_f(a.xdbl[((size_t)(t0 + tt0 + j) * a.NH + hh) * XR + a.R + n]);
-        }
-        __syncthreads();
-        if (!live) continue;
-        for (int j = 0; j < tl; ++j) {
-            const float dt = softplus(to_f(sm.dtr[j][tid]) + bias);
-            const float u = to_f(sm.u[j][tid]);
-            float bc[2 * SCAN_N];
-#pragma unroll
-            for (int q = 0; q < (OUT ? 2 : 1) * SCAN_N / 4; ++q) {
-                const float4 v = sm.bc[j][h][q];
-                bc[4 * q] = v.x; bc[4 * q + 1] = v.y; bc[4 * q + 2] = v.z; bc[4 * q + 3] = v.w;
-            }
-            const float du = dt * u;
-            float acc = 0.f;
-#pragma unroll
-            for (int n = 0; n < SCAN_N; ++n) {
-                s[n] = exp2f(dt * A2[n]) * s[n] + du * bc[n];
-                if (OUT) acc += s[n] * bc[SCAN_N + n];
-            }
-            if (OUT) {
-                const float z = to_f(sm.z[j][tid]);
-                y[(size_t)(t0 + tt0 + j) * a.DI + c] = to_bf((acc + D * u) * silu(z));
-            } else {
-                dtsum += dt;
-            }
-        }
-    }
-}
-
-// Step 1. Launch: grid (ceil(DI/SCAN_THREADS), n_chunks), block SCAN_THREADS.
-// h_loc: fp32 [n_chunks, DI, N]; dtsum: fp32 [n_chunks, DI].
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
-    scan_chunk_local(ScanArgs a, const int* __restrict__ chunk_t0, const int* __restrict__ chunk_len,
-                     const int* __restrict__ chunk_flags, float* __restrict__ h_loc,
-                     float* __restrict__ dtsum) {
-    __shared__ ScanTile sm;
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int k = blockIdx.y;
-    if (chunk_flags[k] & CHUNK_SINGLE) return;  // block-uniform
-    float s[SCAN_N];
-#pragma unroll
-    for (int n = 0; n < SCAN_N; ++n) s[n] = 0.f;
-    float ds = 0.f;
-    scan_chunk_staged<false>(a, sm, chunk_t0[k], chunk_len[k], s, ds, nullptr);
-    if (c >= a.DI) return;
-    float* out = h_loc + ((size_t)k * a.DI + c) * SCAN_N;
-#pragma unroll
-    for (int n = 0; n < SCAN_N; ++n) out[n] = s[n];
-    dtsum[(size_t)k * a.DI + c] = ds;
-}
-
-// Step 2. Launch: grid (ceil(DI*N/256), n_entries), block 256. s_in: fp32 [n_chunks, DI, N].
-extern "C" __global__ void scan_chunk_combine(const float* __restrict__ A, const int* __restrict__ entry_slot,
-                                              const int* __restrict__ entry_chunk0,
-                                              const int* __restrict__ entry_nchunks,
-                                              const float* __restrict__ ssm_state,
-                                              const float* __restrict__ h_loc, const float* __restrict__ dtsum,
-                                              float* __restrict__ s_in, int DI) {
-    const int i = blockIdx.x * blockDim.x + threadIdx.x;  // c * N + n
-    const int e = blockIdx.y;
-    const int nch = entry_nchunks[e];
-    if (i >= DI * SCAN_N || nch < 2) return;
-    const int c = i / SCAN_N;
-    const float a = A[i];
-    float s = ssm_state[(size_t)entry_slot[e] * DI * SCAN_N + i];
-    for (int k = entry_chunk0[e]; k < entry_chunk0[e] + nch; ++k) {
-        s_in[(size_t)k * DI * SCAN_N + i] = s;
-        s = expf(a * dtsum[(size_t)k * DI + c]) * s + h_loc[(size_t)k * DI * SCAN_N + i];
-    }
-}
-
-// Step 3. Launch: grid (ceil(DI/SCAN_THREADS), n_chunks), block SCAN_THREADS. y: bf16 [M, DI].
-extern "C" __global__ void __launch_bounds__(SCAN_THREADS)
-    scan_chunk_output(ScanArgs a, const int* __restrict__ chunk_entry, const int* __restrict__ chunk_t0,
-                      const int* __restrict__ chunk_len, const int* __restrict__ chunk_flags,
-                      const int* __restrict__ entry_slot, float* __restrict__ ssm_state,
-                      const float* __restrict__ s_in, bf16* __restrict__ y) {
-    __shared__ ScanTile sm;
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
-    const int k = blockIdx.y;
-    const bool live = c < a.DI;
-    const int flags = chunk_flags[k];
-    float* slot_state = ssm_state + ((size_t)entry_slot[chunk_entry[k]] * a.DI + (live ? c : 0)) * SCAN_N;
-    const float* init = (flags & CHUNK_SINGLE) ? slot_state : s_in + ((size_t)k * a.DI + (live ? c : 0)) * SCAN_N;
-    float s[SCAN_N];
-#pragma unroll
-    for (int n = 0; n < SCAN_N; ++n) s[n] = live ? init[n] : 0.f;
-    float unused = 0.f;
-    scan_chunk_staged<true>(a, sm, chunk_t0[k], chunk_len[k], s, unused, y);
-    if (!live) return;
-    if (flags & CHUNK_LAST) {
-#pragma unroll
-        for (int n = 0; n < SCAN_N; ++n) slot_state[n] = s[n];
-    }
-}
-
-// Prefill in one pass per entry (what the engine runs): a block of SEQ_WARPS warps owns SEQ_CH
+// Prefill in one pass per entry: a block of SEQ_WARPS warps owns SEQ_CH
 // consecutive channels of one entry and walks all of its tokens; 8 lanes share a channel, each
 // holding 2 of its 16 states, so the grid has DI·8 threads per entry (14 warps per SM at the 7B
 // size: one lane's steps are serial, and the SM hides their latency with other warps) and no

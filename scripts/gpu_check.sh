@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|scan-ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -47,16 +47,6 @@ if has ab; then
   for env in "ZAMBA_GEMV=default" "ZAMBA_GEMV=0" "ZAMBA_GEMV=pipe" "ZAMBA_GRAPH=0"; do
     echo "=== $env zamba-run bench --random -p 512 -n 64"
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
-  done
-fi
-if has scan-ab; then
-  # Prefill scan routes (same binary, same run): the one-pass scan_seq (default) against the
-  # three chunked kernels.
-  for env in "ZAMBA_SCAN=seq" "ZAMBA_SCAN=chunked"; do
-    for p in 512 2048; do
-      echo "=== $env zamba-run bench --random -p $p -n 8"
-      env $env .gpu/bin/zamba-run bench --random -p $p -n 8 2>&1 | tee -a "$out/bench.log"
-    done
   done
 fi
 if has profile; then

@@ -1,10 +1,9 @@
 //! The Mamba kernels against the CPU reference at Zamba-7B's sizes (d_inner 7424 in 2 mamba heads
 //! of 3712, d_state 16, dt_rank 232, conv width 4): the causal conv1d over prefill lengths 1, 2,
 //! 7, 3, 65, 333, 509 and 2049 in one batch (from non-zero states; the kernel's runs of 8 rows
-//! cross entries), its state update, then a one-token update for three sequences; the
-//! selective scan (one-pass and chunked) over 1, 7, 333 and 2049, then one-token SSM decode from
-//! the states it
-//! wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1.
+//! cross entries), its state update, then a one-token update for three sequences; the selective
+//! scan over 1, 7, 333 and 2049 (one pass per sequence), then one-token SSM decode from the states
+//! it wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1.
 //! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
 //! without a GPU.
 
@@ -164,19 +163,10 @@ fn rows(v: &[f32], width: usize, start: usize, len: usize) -> Vec<f32> {
     v[start * width..(start + len) * width].to_vec()
 }
 
+/// The prefill scan (`scan_seq`) over four sequences from random states, then one-token decode
+/// from the states it wrote.
 #[test]
-fn selective_scan_prefill_one_pass_and_decode() {
-    selective_scan_prefill_and_decode(true);
-}
-
-#[test]
-fn selective_scan_prefill_chunked_and_decode() {
-    selective_scan_prefill_and_decode(false);
-}
-
-/// The prefill scan (`scan_seq` when `one_pass`, else the three chunked kernels) over four
-/// sequences from random states, then one-token decode from the states it wrote.
-fn selective_scan_prefill_and_decode(one_pass: bool) {
+fn selective_scan_prefill_and_decode() {
     let Some(g) = gpu_or_skip("selective scan") else {
         return;
     };
@@ -201,13 +191,6 @@ fn selective_scan_prefill_and_decode(one_pass: bool) {
         up_f32(&g, &state0),
     );
     let bb = batch_buffers(&g, &es);
-    let nc = bb.n_chunks;
-    assert!(bb.multi_chunk && nc > 30);
-    let (h_loc, s_in, dtsum) = (
-        poisoned(&g, nc * DI * N * 4),
-        poisoned(&g, nc * DI * N * 4),
-        poisoned(&g, nc * DI * 4),
-    );
     let y = poisoned(&g, m * DI * 2);
     let args = ScanArgs {
         u: du.ptr(),
@@ -224,27 +207,21 @@ fn selective_scan_prefill_and_decode(one_pass: bool) {
         nh: NH as i32,
         r: R as i32,
     };
-    if one_pass {
-        g.scan_seq(&args, &bb.meta, dstate.ptr(), y.ptr(), es.len())
-            .unwrap();
-    } else {
-        g.scan_chunk_local(&args, &bb.meta, h_loc.ptr(), dtsum.ptr(), nc)
-            .unwrap();
-        g.scan_chunk_combine(
-            da.ptr(),
+    // The kernel's blocks take 16 channels of one head: other head widths are refused.
+    assert!(g
+        .scan_seq(
+            &ScanArgs {
+                dh: (DH - 8) as i32,
+                ..args
+            },
             &bb.meta,
             dstate.ptr(),
-            h_loc.ptr(),
-            dtsum.ptr(),
-            s_in.ptr(),
-            es.len(),
-            DI,
-            N,
+            y.ptr(),
+            es.len()
         )
+        .is_err());
+    g.scan_seq(&args, &bb.meta, dstate.ptr(), y.ptr(), es.len())
         .unwrap();
-        g.scan_chunk_output(&args, &bb.meta, dstate.ptr(), s_in.ptr(), y.ptr(), nc)
-            .unwrap();
-    }
     let got = down_bf16(&g, y.ptr(), m * DI);
     let got_state = down_f32(&g, dstate.ptr(), 4 * DI * N);
     let p = ScanParams {

@@ -103,9 +103,6 @@ pub struct Gpu {
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
     /// `ZAMBA_FLASH_K32=1` sets it.
     pub flash_small_tiles: bool,
-    /// Runs the prefill scan as the three chunked kernels instead of the one-pass `scan_seq`
-    /// (`ZAMBA_SCAN=chunked`), for A/B runs.
-    pub chunked_scan: bool,
     /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`).
     pub sm_count: usize,
 }
@@ -143,9 +140,6 @@ const KERNELS: &[&str] = &[
     "conv1d_prefill_k8",
     "conv_state_update",
     "conv1d_update",
-    "scan_chunk_local",
-    "scan_chunk_combine",
-    "scan_chunk_output",
     "scan_seq",
     "ssm_decode",
     "ssm_decode_dt",
@@ -228,7 +222,6 @@ impl Gpu {
             functions,
             gemv_mode: GemvMode::from_env(),
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
-            chunked_scan: std::env::var("ZAMBA_SCAN").is_ok_and(|v| v == "chunked"),
             sm_count,
         })
     }

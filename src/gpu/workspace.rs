@@ -28,10 +28,6 @@ pub struct Workspace {
     pub dtr: DeviceBuf,
     /// Scan output `[M, DI]`.
     pub y: DeviceBuf,
-    /// Scan chunk states `[chunks, DI, N]` fp32 (local and initial) and chunk dt sums `[chunks, DI]`.
-    pub h_loc: DeviceBuf,
-    pub s_in: DeviceBuf,
-    pub dtsum: DeviceBuf,
     /// Shared block: normed concat `[M, 2H]`, qkv `[M, Q + 2KV]`, attention output `[M, Q]`,
     /// o_proj output, its norm, gate|up `[M, 2F]`, the GELU product `[M, F]`, the block output,
     /// and the per-layer linear's output (all bf16).
@@ -57,8 +53,8 @@ pub struct Workspace {
 
 /// (name, bytes) of every buffer, in one place so that `bytes` and `new` agree: `new` takes
 /// them in order and checks each name.
-fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -> Vec<(&'static str, usize)> {
-    let (h, di, n) = (cfg.hidden_size, cfg.d_inner(), cfg.mamba_d_state);
+fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Vec<(&'static str, usize)> {
+    let (h, di) = (cfg.hidden_size, cfg.d_inner());
     let xd = cfg.n_mamba_heads * cfg.x_proj_rows();
     let (q, kv, f, na, hd) = (
         cfg.q_width(),
@@ -79,9 +75,6 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -
         ("xdbl", m * xd * bf),
         ("dtr", m * di * bf),
         ("y", m * di * bf),
-        ("h_loc", chunks * di * n * 4),
-        ("s_in", chunks * di * n * 4),
-        ("dtsum", chunks * di * 4),
         ("a", m * 2 * h * bf),
         ("qkv", m * (q + 2 * kv) * bf),
         ("attn", m * q * bf),
@@ -107,12 +100,11 @@ fn logit_rows(cfg: &ZambaConfig, want: usize) -> usize {
 impl Workspace {
     /// Device bytes for a workspace of `m` rows, `slots` sequences and contexts up to `ctx`.
     pub fn bytes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> usize {
-        let chunks = m.div_ceil(super::batch::SCAN_CHUNK) + slots;
-        sizes(cfg, m, slots, ctx, chunks).iter().map(|s| s.1).sum()
+        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum()
     }
 
-    pub fn new(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize, chunks: usize) -> Result<Self> {
-        let s = sizes(cfg, m, slots, ctx, chunks);
+    pub fn new(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Result<Self> {
+        let s = sizes(cfg, m, slots, ctx);
         let mut it = s.iter();
         let mut next = |what: &str| {
             let (name, bytes) = it.next().expect("one size per buffer");
@@ -128,9 +120,6 @@ impl Workspace {
             xdbl: next("xdbl")?,
             dtr: next("dtr")?,
             y: next("y")?,
-            h_loc: next("h_loc")?,
-            s_in: next("s_in")?,
-            dtsum: next("dtsum")?,
             a: next("a")?,
             qkv: next("qkv")?,
             attn: next("attn")?,

@@ -157,26 +157,8 @@ impl GpuModel {
                 g.ssm_decode_dt(&scan, lw.dt_proj, &meta, ssm, ws.y.ptr(), m)?;
             } else if decode {
                 g.ssm_decode(&scan, &meta, ssm, ws.y.ptr(), m)?;
-            } else if !self.gpu.chunked_scan {
-                g.scan_seq(&scan, &meta, ssm, ws.y.ptr(), entries.len())?;
             } else {
-                let nc = self.batch.n_chunks;
-                if self.batch.multi_chunk {
-                    g.scan_chunk_local(&scan, &meta, ws.h_loc.ptr(), ws.dtsum.ptr(), nc)?;
-                    let n = cfg.mamba_d_state;
-                    g.scan_chunk_combine(
-                        lw.a,
-                        &meta,
-                        ssm,
-                        ws.h_loc.ptr(),
-                        ws.dtsum.ptr(),
-                        ws.s_in.ptr(),
-                        entries.len(),
-                        di,
-                        n,
-                    )?;
-                }
-                g.scan_chunk_output(&scan, &meta, ssm, ws.s_in.ptr(), ws.y.ptr(), nc)?;
+                g.scan_seq(&scan, &meta, ssm, ws.y.ptr(), entries.len())?;
             }
             // out_proj, added onto the fp32 residual stream: h = h + y · out_projᵀ.
             gemm::run(

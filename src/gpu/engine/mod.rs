@@ -4,7 +4,7 @@
 //! (ZAMBA.md section 3): GEMMs on all rows at once, and the sequence-aware kernels (conv, scan,
 //! attention) guided by the batch description. When every sequence brings exactly one token the
 //! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding);
-//! otherwise the prefill kernels run (conv, chunked scan, flash attention per sequence),
+//! otherwise the prefill kernels run (conv, one-pass scan, flash attention per sequence),
 //! continuing from each slot's state, so prefill, decode and chunked prefill are one code path.
 //! Nothing is allocated after [`GpuModel::load`].
 //!
@@ -119,7 +119,7 @@ impl GpuModel {
         let blas = Blas::new(&gpu)?;
         let states = SlotStates::new(&cfg, opts.slots, ctx)?;
         let batch = BatchBuffers::new(opts.max_tokens, opts.slots)?;
-        let ws = Workspace::new(&cfg, opts.max_tokens, opts.slots, ctx, batch.max_chunks())?;
+        let ws = Workspace::new(&cfg, opts.max_tokens, opts.slots, ctx)?;
         gpu.sync()?;
         Ok(GpuModel {
             graphs: (0..opts.slots).map(|_| None).collect(),
@@ -284,13 +284,7 @@ fn check_supported(cfg: &ZambaConfig) -> Result<()> {
             cfg.mamba_d_state
         ));
     }
-    // SCAN_MAX_NH in csrc/scan.cu (mamba_d_conv ≤ 8 = MAX_CONV is checked with the config).
-    if cfg.n_mamba_heads > 4 {
-        return bad(format!(
-            "the CUDA scan handles at most 4 mamba heads, not {}",
-            cfg.n_mamba_heads
-        ));
-    }
+    // (mamba_d_conv ≤ 8 = MAX_CONV in csrc/conv.cu is checked with the config.)
     let mhd = cfg.mamba_head_dim();
     if mhd % SCAN_SEQ_CHANNELS as usize != 0 || cfg.mamba_dt_rank % 2 != 0 {
         return bad(format!(

@@ -38,12 +38,6 @@ pub struct BatchMeta {
     pub entry_slot: u64,
     /// Keys per entry after this step (past + len).
     pub entry_seq_len: u64,
-    pub entry_chunk0: u64,
-    pub entry_nchunks: u64,
-    pub chunk_entry: u64,
-    pub chunk_t0: u64,
-    pub chunk_len: u64,
-    pub chunk_flags: u64,
 }
 
 /// Queries per block and threads of flash_attn_prefill (FA_BQ and 32·FA_WARPS in
