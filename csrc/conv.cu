@@ -15,7 +15,7 @@
 // conv_state_update runs after it.
 //
 // Each thread computes 8 consecutive channels (16-byte loads and stores: needs DI % 8 == 0,
-// ldx % 8 == 0 and 16-byte aligned xs, conv_state and out) of CONV_ROWS consecutive rows. It loads
+// ldx % 8 == 0 and 16-byte aligned xs, conv_state, out, w and bias) of CONV_ROWS consecutive rows. It loads
 // those rows and the K-1 rows above them up front, all in flight together, and holds them: every
 // row is read once. Entry info is looked up again only where a row's entry differs from the row
 // before it. Where a row's tap reaches before its entry's first row, the entry's state replaces
@@ -51,12 +51,29 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
         x[q].u = q >= KW - K && m >= 0 && m < M ? *reinterpret_cast<const uint4*>(xs + (size_t)m * ldx + c0)
                                                 : make_uint4(0, 0, 0, 0);
     }
+    // The thread's 8·K weights and 8 biases are contiguous: with K == KW they are read as float4s
+    // (a warp's scalar loads at a 128-byte stride cost one cache line each).
     float wt[KW][8], b[8];
+    const float4* b4 = reinterpret_cast<const float4*>(bias + c0);
+    const float4 blo = b4[0], bhi = b4[1];
+    b[0] = blo.x; b[1] = blo.y; b[2] = blo.z; b[3] = blo.w;
+    b[4] = bhi.x; b[5] = bhi.y; b[6] = bhi.z; b[7] = bhi.w;
+    if (K == KW) {
+        const float4* w4 = reinterpret_cast<const float4*>(w + (size_t)c0 * KW);
 #pragma unroll
-    for (int ch = 0; ch < 8; ++ch) {
-        b[ch] = bias[c0 + ch];
+        for (int ch = 0; ch < 8; ++ch) {
 #pragma unroll
-        for (int t = 0; t < KW; ++t) wt[t][ch] = t >= KW - K ? w[(c0 + ch) * K + t - (KW - K)] : 0.f;
+            for (int q = 0; q < KW / 4; ++q) {
+                const float4 v = w4[ch * (KW / 4) + q];
+                wt[4 * q][ch] = v.x; wt[4 * q + 1][ch] = v.y; wt[4 * q + 2][ch] = v.z; wt[4 * q + 3][ch] = v.w;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int ch = 0; ch < 8; ++ch) {
+#pragma unroll
+            for (int t = 0; t < KW; ++t) wt[t][ch] = t >= KW - K ? w[(c0 + ch) * K + t - (KW - K)] : 0.f;
+        }
     }
     int e = -1, start = 0;
     const bf16* st = conv_state;

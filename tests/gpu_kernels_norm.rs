@@ -24,8 +24,15 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     let Some(g) = gpu_or_skip("rmsnorm") else {
         return;
     };
-    let mut rng = Rng(1);
-    let m = 7;
+    // 7 rows take the decode path (1024 threads, the row held in registers); 130 the prefill one
+    // (256 threads, rows of 3712 and 7424 read twice).
+    for m in [7, 130] {
+        rmsnorm_cases(&g, m);
+    }
+}
+
+fn rmsnorm_cases(g: &zamba::gpu::Gpu, m: usize) {
+    let mut rng = Rng(1 + m as u64);
     let a = rng.bf16_vec(m * H, -3.0, 3.0);
     let add = rng.bf16_vec(m * H, -3.0, 3.0);
     let e = rng.bf16_vec(m * H, -0.1, 0.1);
@@ -37,13 +44,13 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
         .map(|(i, v)| v + 1e-3 * ((i % 7) as f32 - 3.0))
         .collect();
     let (da, dadd, de, dw, daf) = (
-        up_bf16(&g, &a),
-        up_bf16(&g, &add),
-        up_bf16(&g, &e),
-        up_bf16(&g, &w),
-        up_f32(&g, &af),
+        up_bf16(g, &a),
+        up_bf16(g, &add),
+        up_bf16(g, &e),
+        up_bf16(g, &w),
+        up_f32(g, &af),
     );
-    let out = poisoned(&g, m * 2 * H * 2);
+    let out = poisoned(g, m * 2 * H * 2);
     let rows_of =
         |f: &dyn Fn(usize) -> Vec<f32>, ts: &[usize]| -> Vec<f32> { ts.iter().flat_map(|&t| f(t)).collect() };
     let all: Vec<usize> = (0..m).collect();
@@ -53,7 +60,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     g.rmsnorm(da.ptr(), false, 0, 0, 0, dw.ptr(), out.ptr(), m, H, 0, EPS)
         .unwrap();
     let want = rows_of(&|t| rms_hf(&a[t * H..(t + 1) * H], &w[..H]), &all);
-    assert_close("bf16 rmsnorm", &down_bf16(&g, out.ptr(), m * H), &want, 1e-6, tol);
+    assert_close("bf16 rmsnorm", &down_bf16(g, out.ptr(), m * H), &want, 1e-6, tol);
 
     // bf16 residual add (rounded to bf16 first, like HF), then norm.
     g.rmsnorm(
@@ -83,7 +90,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     );
     assert_close(
         "bf16 add+rmsnorm",
-        &down_bf16(&g, out.ptr(), m * H),
+        &down_bf16(g, out.ptr(), m * H),
         &want,
         1e-6,
         tol,
@@ -115,7 +122,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     );
     assert_close(
         "fp32 add+rmsnorm",
-        &down_bf16(&g, out.ptr(), m * H),
+        &down_bf16(g, out.ptr(), m * H),
         &want,
         1e-6,
         tol,
@@ -139,14 +146,14 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     );
     assert_close(
         "concat rmsnorm",
-        &down_bf16(&g, out.ptr(), m * 2 * H),
+        &down_bf16(g, out.ptr(), m * 2 * H),
         &want,
         1e-6,
         tol,
     );
 
     // Gathered rows (each sequence's last token, for the logits).
-    let rows = up_i32(&g, &[6, 2]);
+    let rows = up_i32(g, &[6, 2]);
     g.rmsnorm(
         daf.ptr(),
         true,
@@ -164,7 +171,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     let want = rows_of(&|t| rms_hf(&af[t * H..(t + 1) * H], &w[..H]), &[6, 2]);
     assert_close(
         "row-gather rmsnorm",
-        &down_bf16(&g, out.ptr(), 2 * H),
+        &down_bf16(g, out.ptr(), 2 * H),
         &want,
         1e-6,
         tol,
@@ -174,8 +181,8 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     let d = 9001;
     let long = rng.bf16_vec(2 * d, -3.0, 3.0);
     let wl = rng.bf16_vec(d, 0.8, 1.2);
-    let (dl, dwl) = (up_bf16(&g, &long), up_bf16(&g, &wl));
-    let outl = poisoned(&g, 2 * d * 2);
+    let (dl, dwl) = (up_bf16(g, &long), up_bf16(g, &wl));
+    let outl = poisoned(g, 2 * d * 2);
     g.rmsnorm(dl.ptr(), false, 0, 0, 0, dwl.ptr(), outl.ptr(), 2, d, 0, EPS)
         .unwrap();
     let want: Vec<f32> = (0..2)
@@ -183,7 +190,7 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
         .collect();
     assert_close(
         "long-row rmsnorm",
-        &down_bf16(&g, outl.ptr(), 2 * d),
+        &down_bf16(g, outl.ptr(), 2 * d),
         &want,
         1e-6,
         tol,

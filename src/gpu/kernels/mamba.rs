@@ -21,10 +21,14 @@ impl Gpu {
         k: usize,
     ) -> Result<()> {
         // 8 channels per thread, in 16-byte loads and stores (csrc/conv.cu).
-        if di % 8 != 0 || ldx % 8 != 0 || (xs | conv_state | out) % 16 != 0 || !(1..=8).contains(&k) {
+        if di % 8 != 0
+            || ldx % 8 != 0
+            || (xs | conv_state | out | w | bias) % 16 != 0
+            || !(1..=8).contains(&k)
+        {
             return Err(crate::error::ZambaError::InvalidInput(format!(
-                "conv1d_prefill needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state and \
-                 out, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
+                "conv1d_prefill needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state, \
+                 out, weights and bias, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
             )));
         }
         let mut a = Args::new();
