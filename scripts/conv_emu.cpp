@@ -1,6 +1,6 @@
 // Host emulation of csrc/conv.cu's conv1d_prefill and conv1d_prefill_k8, for checking their index
-// math without a GPU: every thread of the grid runs one after another (the kernels share nothing
-// between threads). Built and run by scripts/conv_emu.sh with AddressSanitizer; every buffer is
+// math without a GPU, with the shims of scripts/cuda_emu.h (the kernels share nothing between
+// threads). Built and run by scripts/conv_emu.sh with AddressSanitizer; every buffer is
 // allocated at its exact size, so a read or write outside one aborts. Compared bit for bit with
 // the documented formula (fp32, bias then taps in order, SiLU, bf16) over batches of entries of
 // many lengths (1, 2, < K-1, row runs that cross entries, entries not in row order), random
@@ -15,27 +15,7 @@
 #include <random>
 #include <vector>
 
-#include <cuda_bf16.h>
-#include <vector_functions.h>
-
-#undef __global__
-#undef __device__
-#undef __forceinline__
-#undef __launch_bounds__
-#undef __shared__
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(...)
-#define __shared__ static
-
-struct Dim {
-    unsigned x = 0, y = 0, z = 0;
-};
-Dim threadIdx, blockIdx, blockDim, gridDim;
-// common.cuh's reductions need these to compile; the conv kernels call neither.
-float __shfl_xor_sync(unsigned, float, int) { std::abort(); }
-void __syncthreads() { std::abort(); }
+#include "cuda_emu.h"
 
 #include "conv.cu"
 
@@ -83,17 +63,10 @@ static int run(const Case& cs, std::mt19937& rng) {
     std::vector<bf16> out((size_t)M * DI, nan);
 
     // The host side of Gpu::conv1d_prefill.
-    blockDim = {CONV_THREADS, 1, 1};
-    gridDim = {(unsigned)((DI / 8 + CONV_THREADS - 1) / CONV_THREADS), (unsigned)((M + CONV_ROWS - 1) / CONV_ROWS), 1};
-    for (unsigned by = 0; by < gridDim.y; ++by)
-        for (unsigned bx = 0; bx < gridDim.x; ++bx)
-            for (unsigned t = 0; t < blockDim.x; ++t) {
-                blockIdx = {bx, by, 0};
-                threadIdx = {t, 0, 0};
-                (K <= 4 ? conv1d_prefill : conv1d_prefill_k8)(xs.data(), ldx, tok_entry.data(), start.data(),
-                                                              slot.data(), state.data(), w.data(), bias.data(),
-                                                              out.data(), M, DI, K);
-            }
+    emu_launch((DI / 8 + CONV_THREADS - 1) / CONV_THREADS, (M + CONV_ROWS - 1) / CONV_ROWS, CONV_THREADS, 0, [&] {
+        (K <= 4 ? conv1d_prefill : conv1d_prefill_k8)(xs.data(), ldx, tok_entry.data(), start.data(), slot.data(),
+                                                      state.data(), w.data(), bias.data(), out.data(), M, DI, K);
+    });
 
     int bad = 0;
     for (int m = 0; m < M; ++m) {

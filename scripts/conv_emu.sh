@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 inc="${CUDA_HOME:-/usr/local/cuda}/include"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-g++ -std=c++17 -O1 -g -ffp-contract=off -fsanitize=address,undefined -fno-sanitize-recover=undefined \
-    -Icsrc -I"$inc" scripts/conv_emu.cpp -o "$tmp/emu"
+g++ -std=c++20 -O1 -g -ffp-contract=off -fsanitize=address,undefined -fno-sanitize-recover=undefined -pthread \
+    -Icsrc -Iscripts -I"$inc" scripts/conv_emu.cpp -o "$tmp/emu"
 "$tmp/emu" "$@"
