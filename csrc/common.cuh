@@ -11,6 +11,12 @@ __device__ __forceinline__ bf16 to_bf(float x) { return __float2bfloat16_rn(x); 
 // Rounds an fp32 value to the nearest bf16 and back (models a bf16 tensor in between).
 __device__ __forceinline__ float round_bf(float x) { return to_f(to_bf(x)); }
 
+// Eight bf16 values as one 16-byte load or store.
+union Bf16x8 {
+    uint4 u;
+    bf16 h[8];
+};
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -26,11 +26,6 @@
 #define CONV_ROWS 8
 #define CONV_THREADS 64
 
-union ConvX8 {
-    uint4 u;
-    bf16 h[8];
-};
-
 // The body for K <= KW taps: held row q is row m0 - (KW-1) + q, so the taps of row r are held rows
 // r + KW-K .. r + KW-1 (tap k at r + KW-K + k), and the slots below KW-K are never used.
 template <int KW>
@@ -44,7 +39,7 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c0 >= DI) return;
     const int m0 = blockIdx.y * CONV_ROWS;
-    ConvX8 x[KW - 1 + CONV_ROWS];
+    Bf16x8 x[KW - 1 + CONV_ROWS];
 #pragma unroll
     for (int q = 0; q < KW - 1 + CONV_ROWS; ++q) {
         const int m = m0 - (KW - 1) + q;
@@ -105,7 +100,7 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
                 for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(x[r + t].h[ch]);
             }
         }
-        ConvX8 o;
+        Bf16x8 o;
 #pragma unroll
         for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
         *reinterpret_cast<uint4*>(out + (size_t)m * DI + c0) = o.u;

@@ -88,10 +88,7 @@ extern "C" __global__ void gelu_mul(const bf16* __restrict__ gu, bf16* __restric
     const int f = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     const size_t m = blockIdx.y;
     if (f >= F) return;
-    union X8 {
-        uint4 u;
-        bf16 h[8];
-    } g, u, o;
+    Bf16x8 g, u, o;
     g.u = *reinterpret_cast<const uint4*>(gu + m * 2 * F + f);
     u.u = *reinterpret_cast<const uint4*>(gu + m * 2 * F + F + f);
 #pragma unroll

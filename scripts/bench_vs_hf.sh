@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.." || exit 1
 ck=${CK:-/tmp/zamba-rand-7b}
 bin=${ZAMBA_RUN_BIN:-$PWD/.gpu/bin/zamba-run}
 if [[ ! -x $bin ]]; then
-  echo "no $bin: run scripts/build_gpu_bundle.sh first (and carry .gpu)" >&2
+  echo "no $bin: run scripts/build_gpu_bundle.sh first, carry .gpu/bin.tar.xz and run this through scripts/gpu_check.sh vs-hf (which unpacks it)" >&2
   exit 1
 fi
 out=${OUT:-gpu-out}
