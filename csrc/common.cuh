@@ -17,6 +17,29 @@ union Bf16x8 {
     bf16 h[8];
 };
 
+// Programmatic dependent launch (PDL, sm_90): the engine launches its decode kernels with
+// programmatic stream serialisation (src/gpu/device.rs, PDL_KERNELS), so that a kernel's blocks
+// can start while the kernel before it finishes. pdl_trigger lets the next kernel start launching;
+// pdl_wait blocks until the kernel before has completed and its writes are visible. A kernel in
+// PDL_KERNELS calls pdl_wait in every thread before it reads or writes any buffer that another
+// kernel writes or reads (only constant weights may be loaded before it), and before any thread
+// can exit: then its completion implies its predecessor's, and ordering is transitive. Both are
+// no-ops on older GPUs and in a launch without the attribute.
+__device__ __forceinline__ void pdl_trigger() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_enter() {
+    pdl_trigger();
+    pdl_wait();
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -58,6 +81,31 @@ __device__ __forceinline__ float silu(float v) { return v / (1.f + expf(-v)); }
 
 // PyTorch's softplus with threshold 20 (what mamba's kernels use for dt).
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
+
+// log(1 + t) for t in [0, 1], to a few ulp with one approximate reciprocal and FMAs:
+// log1p(t) = 2·atanh(s) = 2·(s + s^3/3 + ... + s^15/15 + ...), s = t / (2 + t) <= 1/3 (the terms
+// past s^15 are below 2^-26 of the sum). No cancellation: every term is positive.
+__device__ __forceinline__ float log1p_unit(float t) {
+    const float s = __fdividef(t, 2.f + t), s2 = s * s;
+    float p = 1.f / 15.f;
+    p = fmaf(p, s2, 1.f / 13.f);
+    p = fmaf(p, s2, 1.f / 11.f);
+    p = fmaf(p, s2, 1.f / 9.f);
+    p = fmaf(p, s2, 1.f / 7.f);
+    p = fmaf(p, s2, 1.f / 5.f);
+    p = fmaf(p, s2, 1.f / 3.f);
+    p = fmaf(p, s2, 1.f);
+    return 2.f * s * p;
+}
+
+// softplus as above, to a few ulp: max(x, 0) + log1p(exp(-|x|)) (the same function; its log1p
+// argument is in (0, 1]).
+__device__ __forceinline__ float softplus_fast(float x) {
+    return x > 20.f ? x : fmaxf(x, 0.f) + log1p_unit(expf(-fabsf(x)));
+}
+
+// silu with an approximate reciprocal (1 ulp) in place of the IEEE division.
+__device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.f + expf(-v)); }
 
 // The exact (erf) GELU.
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.f + erff(v * 0.70710678118654752f)); }

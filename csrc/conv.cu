@@ -10,7 +10,8 @@
 
 // Prefill: out[m, c] = silu(bias[c] + sum_k w[c, k] * x(j - (K-1) + k)), j = m - entry_start[e],
 // where x(i) = xs[entry_start[e] + i, c] for i >= 0 and conv_state[slot, K-1+i, c] for i < 0.
-// The sum is fp32, bias first, then the taps in order k = 0, 1, ...; the output is bf16.
+// The sum is fp32, bias first, then the taps in order k = 0, 1, ...; silu is silu_fast (a few
+// ulp, common.cuh); the output is bf16.
 // xs rows have stride ldx (xs lives inside in_proj's [x | z] output). Does not touch the state:
 // conv_state_update runs after it.
 //
@@ -39,6 +40,11 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
     const int c0 = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     if (c0 >= DI) return;
     const int m0 = blockIdx.y * CONV_ROWS;
+    // The rows' entries first, all in flight together (they decide which state rows replace held
+    // rows; looked up one row at a time they cost a round trip per row).
+    int ent[CONV_ROWS];
+#pragma unroll
+    for (int r = 0; r < CONV_ROWS; ++r) ent[r] = m0 + r < M ? tok_entry[m0 + r] : -1;
     Bf16x8 x[KW - 1 + CONV_ROWS];
 #pragma unroll
     for (int q = 0; q < KW - 1 + CONV_ROWS; ++q) {
@@ -76,7 +82,7 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
     for (int r = 0; r < CONV_ROWS; ++r) {
         const int m = m0 + r;
         if (m >= M) break;
-        const int em = tok_entry[m];
+        const int em = ent[r];
         if (em != e) {
             e = em;
             start = entry_start[e];
@@ -102,7 +108,7 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
         }
         Bf16x8 o;
 #pragma unroll
-        for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
+        for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu_fast(acc[ch]));
         *reinterpret_cast<uint4*>(out + (size_t)m * DI + c0) = o.u;
     }
 }
@@ -158,6 +164,7 @@ extern "C" __global__ void conv1d_update(const bf16* __restrict__ xs, int ldx,
                                          bf16* __restrict__ conv_state,
                                          const float* __restrict__ w, const float* __restrict__ bias,
                                          bf16* __restrict__ out, int DI, int K) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int b = blockIdx.y;
     if (c >= DI) return;

@@ -55,7 +55,14 @@ __device__ __forceinline__ void scan_step(const ScanArgs& a, int c, int t, float
 // computes them and stores each lane's partial sum of state·C afterwards, so its steps carry no
 // shuffle or barrier and pipeline (the only dependency between steps is the state update). The
 // tile's outputs y = (sum of the 8 partials + D·u)·silu(z) are written by the threads that staged
-// u and z. exp(dt·A) is ex2.approx.ftz(dt·A·log2 e) (results below 2^-126 flush to 0).
+// u and z. exp(dt·A) is ex2.approx.ftz(dt·A·log2 e) (results below 2^-126 flush to 0); softplus
+// and silu are the few-ulp forms of common.cuh (softplus_fast, silu_fast): with them the kernel's
+// code is 976 instructions instead of 1216, and pp2048 went 98.4 -> 95.9 ms on the H200 (A/B in one
+// binary). An earlier attempt with lg2/ex2 approximations in log1p lost accuracy for dt << 1 and
+// changed the tiny-a greedy tokens; these forms keep HF's tokens and the CPU reference's bounds.
+// Tried and not kept (pp2048 A/B in one binary): 16 lanes per channel with one state each, 256
+// threads (106 against 97 ms: twice the warps, but more shared-memory traffic per state), and 8
+// steps per loop turn (within noise).
 // Needs DH % SEQ_CH == 0 (a block's channels share a head) and an even R (4-byte B/C loads); the
 // host checks both.
 // Launch: grid (DI / SEQ_CH, n_entries), block SEQ_THREADS.
@@ -129,9 +136,9 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 #pragma unroll
         for (int j = 0; j < SEQ_PER; ++j) {
             const int t = st0 + SEQ_ROWS * j;
-            const float dt = softplus(to_f(rd[j]) + bias);
+            const float dt = softplus_fast(to_f(rd[j]) + bias);
             uu[j] = to_f(ru[j]);
-            sz[j] = silu(to_f(rz[j]));
+            sz[j] = silu_fast(to_f(rz[j]));
             sm.dtdu[t][sc] = make_float2(dt, dt * uu[j]);
             sm.bc[t][sc] = __bfloat1622float2(rbc[j]);
         }
@@ -184,6 +191,7 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 // Launch: grid (ceil(DI/128), B), block 128.
 extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_slot,
                                       float* __restrict__ ssm_state, bf16* __restrict__ y) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int b = blockIdx.y;
     if (c >= a.DI) return;
@@ -243,7 +251,11 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     const int blocks_per_head = (a.DH + DEC_WARPS - 1) / DEC_WARPS;
     const int h = blockIdx.x / blocks_per_head;
     const int d = (blockIdx.x % blocks_per_head) * DEC_WARPS + warp;
-    if (d >= a.DH) return;  // warp-uniform; no barriers below
+    pdl_trigger();
+    if (d >= a.DH) {  // warp-uniform; no barriers below
+        pdl_wait();
+        return;
+    }
     const int c = h * a.DH + d;
     const int b0 = blockIdx.y * DEC_EB;
     const int nb = min(DEC_EB, B - b0);
@@ -252,16 +264,18 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     const int half = lane >> 4, n = lane & 15;
     const uint4 zero = make_uint4(0, 0, 0, 0);
 
-    // Loads that do not depend on dt, all issued before any is used.
+    // Loads that do not depend on dt, all issued before any is used: first the constant weights
+    // (before pdl_wait: they overlap the previous kernel's tail), then the step's inputs.
     const uint4 wv = lane < r8 ? __ldg(reinterpret_cast<const uint4*>(dt_proj + (size_t)c * a.R) + lane) : zero;
+    const float A = a.A[(size_t)c * SCAN_N + n];
+    const float D = a.D[c], bias = a.dt_bias[c];
+    pdl_wait();
     uint4 xv[DEC_EB];
 #pragma unroll
     for (int e = 0; e < DEC_EB; ++e)
         xv[e] = (e < nb && lane < r8)
                     ? __ldg(reinterpret_cast<const uint4*>(a.xdbl + ((size_t)(b0 + e) * a.NH + h) * XR) + lane)
                     : zero;
-    const float A = a.A[(size_t)c * SCAN_N + n];
-    const float D = a.D[c], bias = a.dt_bias[c];
     constexpr int PER_HALF = DEC_EB / 2;
     float st[PER_HALF], bv[PER_HALF], cv[PER_HALF], u[PER_HALF], z[PER_HALF];
     float* sp[PER_HALF];

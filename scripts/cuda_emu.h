@@ -63,6 +63,8 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     return r;
 }
 inline void __syncwarp(unsigned = 0xffffffffu) { g_warps[threadIdx.x / 32]->bar.arrive_and_wait(); }
+// On the GPU a multiply by an approximate reciprocal (within 1 ulp); exact here.
+inline float __fdividef(float a, float b) { return a / b; }
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
 inline float __uint_as_float(uint32_t u) {
     float f;

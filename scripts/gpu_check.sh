@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|envs|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -47,6 +47,15 @@ if has ab; then
   for env in "ZAMBA_GEMV=default" "ZAMBA_GEMV=0" "ZAMBA_GEMV=pipe" "ZAMBA_GRAPH=0"; do
     echo "=== $env zamba-run bench --random -p 512 -n 64"
     env $env .gpu/bin/zamba-run bench --random -p 512 -n 64 2>&1 | tee -a "$out/bench.log"
+  done
+fi
+if [[ $what == *" envs "* ]]; then
+  # Environment A/B in one binary (not part of `all`): AB_ENVS lists settings separated by ';'
+  # (each may hold several VAR=value words), AB_ARGS the bench arguments (default -p 512 -n 64).
+  IFS=';' read -ra settings <<< "${AB_ENVS:-ZAMBA_GEMV=default}"
+  for env in "${settings[@]}"; do
+    echo "=== $env zamba-run bench --random ${AB_ARGS:--p 512 -n 64}"
+    env $env .gpu/bin/zamba-run bench --random ${AB_ARGS:--p 512 -n 64} 2>&1 | tee -a "$out/envs.log"
   done
 fi
 if has profile; then

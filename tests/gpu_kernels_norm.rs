@@ -24,8 +24,8 @@ fn rmsnorm_plain_residual_add_concat_and_row_gather() {
     let Some(g) = gpu_or_skip("rmsnorm") else {
         return;
     };
-    // 7 rows take the decode path (1024 threads, the row held in registers); 130 the prefill one
-    // (256 threads, rows of 3712 and 7424 read twice).
+    // 7 rows take the decode path (1024 threads, 8 values each held in registers); 130 the
+    // prefill one (16 values each: 256 threads for rows of 3712, 512 for the 7424-wide concat).
     for m in [7, 130] {
         rmsnorm_cases(&g, m);
     }

@@ -41,9 +41,10 @@ impl Gpu {
         if !fits || !wanted {
             return Ok(false);
         }
-        let warps_per_block = 4; // GEMV_WARPS in csrc/gemv.cu
-                                 // Warps per output row: enough that each warp's share of K is one round of 16 loads per
-                                 // lane (512 chunks of 8), and more for short matrices so that every SM gets ~16 warps.
+        // GEMV_WARPS in csrc/gemv.cu.
+        let warps_per_block = 4;
+        // Warps per output row: enough that each warp's share of K is one round of 16 loads per
+        // lane (512 chunks of 8), and more for short matrices so that every SM gets ~16 warps.
         let chunks = g.k / 8;
         let rows = g.n * g.batch.max(1);
         let mut wpr = chunks.div_ceil(512).next_power_of_two().min(warps_per_block);

@@ -153,16 +153,19 @@ impl Gpu {
             .push(i(d1))
             .push(i(d2))
             .push(eps);
-        // One block per row. A few long rows (decode) get wide blocks, so that one row is not a
-        // long serial loop; many rows (prefill) get 256 threads, so that more rows run at once
-        // (rows longer than NORM_HELD · 256 = 2048 then take the kernel's two-pass path: on the
-        // H200, 1024 threads per row at 2048 rows of 3712 took 58.6 µs against 38.7 at 256).
-        let threads = if d1 + d2 >= 2048 && n_rows <= 64 {
-            1024
+        // One block per row. A few long rows (decode) get 1024 threads holding 8 values each, so
+        // that one row is not a long serial loop; many rows (prefill) get the fewest threads that
+        // hold the row at 16 values each (256 for 3712, 512 for the 7424-wide concat), so that
+        // more rows run at once. Rows past what the block holds take the kernel's two-pass path.
+        let d = d1 + d2;
+        let (name, threads) = if d >= 2048 && n_rows <= 64 {
+            ("rmsnorm", 1024)
+        } else if d <= 16 * 256 {
+            ("rmsnorm_h16", 256)
         } else {
-            256
+            ("rmsnorm_h16", 512)
         };
-        self.launch("rmsnorm", (n_rows as u32, 1, 1), threads, &mut a)
+        self.launch(name, (n_rows as u32, 1, 1), threads, &mut a)
     }
 
     /// 8 elements per thread with 16-byte accesses: needs F % 8 == 0 and aligned buffers.
