@@ -17,7 +17,6 @@ extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, in
                                      const int* __restrict__ tok_entry, const int* __restrict__ entry_start,
                                      const int* __restrict__ entry_past, const int* __restrict__ entry_slot,
                                      bf16* __restrict__ kc, bf16* __restrict__ vc, int NKV, int HD, int ctx) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     const int m = blockIdx.y;
     const int kvw = NKV * HD;
@@ -44,7 +43,6 @@ extern "C" __global__ void attn_decode(const bf16* __restrict__ qkv, int ldqkv,
                                        const int* __restrict__ entry_slot, const int* __restrict__ seq_len,
                                        float* __restrict__ part_acc, float* __restrict__ part_ml,
                                        int NA, int NKV, int HD, int ctx, int split_len, float scale) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = h / (NA / NKV);
@@ -121,7 +119,6 @@ extern "C" __global__ void attn_decode(const bf16* __restrict__ qkv, int ldqkv,
 extern "C" __global__ void attn_decode_combine(const float* __restrict__ part_acc,
                                                const float* __restrict__ part_ml, bf16* __restrict__ out,
                                                int ldo, int NA, int HD, int n_splits) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int h = blockIdx.x, b = blockIdx.y;
     const size_t p0 = ((size_t)b * NA + h) * n_splits;
     float M = -INFINITY;

@@ -164,7 +164,6 @@ extern "C" __global__ void conv1d_update(const bf16* __restrict__ xs, int ldx,
                                          bf16* __restrict__ conv_state,
                                          const float* __restrict__ w, const float* __restrict__ bias,
                                          bf16* __restrict__ out, int DI, int K) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int b = blockIdx.y;
     if (c >= DI) return;

@@ -45,10 +45,6 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
     float acc[MAXM];
 #pragma unroll
     for (int m = 0; m < MAXM; ++m) acc[m] = 0.f;
-    pdl_trigger();
-    // The first round of weight loads is issued before pdl_wait, so that it overlaps the tail of
-    // the kernel before (the weights are constant; x and y are not read before the wait).
-    bool waited = false;
     if (n < N) {
         const uint4* wrow = reinterpret_cast<const uint4*>(W + (size_t)b * stride_w + (size_t)n * ldw);
         for (int c0 = c_begin; c0 < c_end; c0 += 32 * GEMV_INFLIGHT) {
@@ -57,10 +53,6 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
             for (int i = 0; i < GEMV_INFLIGHT; ++i) {
                 const int c = c0 + lane + 32 * i;
                 w[i] = c < c_end ? __ldcs(wrow + c) : make_uint4(0, 0, 0, 0);
-            }
-            if (!waited) {
-                pdl_wait();
-                waited = true;
             }
 #pragma unroll
             for (int i = 0; i < GEMV_INFLIGHT; ++i) {
@@ -81,7 +73,6 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
             }
         }
     }
-    if (!waited) pdl_wait();
 #pragma unroll
     for (int m = 0; m < MAXM; ++m) {
         const float s = warp_sum(acc[m]);

@@ -7,7 +7,6 @@
 // clamped to 0 so that a bad id can never read outside the table.
 extern "C" __global__ void embed_gather(const int* __restrict__ ids, const bf16* __restrict__ table,
                                         bf16* __restrict__ e, float* __restrict__ h, int H, int V) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int m = blockIdx.x;
     int id = ids[m];
     if (id < 0 || id >= V) id = 0;
@@ -109,7 +108,6 @@ extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const 
                                    const bf16* __restrict__ b, const int* __restrict__ rows,
                                    const bf16* __restrict__ w, bf16* __restrict__ out,
                                    int D1, int D2, float eps) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     if (a_f32)
         rmsnorm_row<true, 8>(a, add, b, rows, w, out, D1, D2, eps);
     else
@@ -121,7 +119,6 @@ extern "C" __global__ void rmsnorm_h16(const void* __restrict__ a, int a_f32, co
                                        const bf16* __restrict__ b, const int* __restrict__ rows,
                                        const bf16* __restrict__ w, bf16* __restrict__ out,
                                        int D1, int D2, float eps) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     if (a_f32)
         rmsnorm_row<true, 16>(a, add, b, rows, w, out, D1, D2, eps);
     else
@@ -133,7 +130,6 @@ extern "C" __global__ void rmsnorm_h16(const void* __restrict__ a, int a_f32, co
 // (16-byte loads and stores: needs F % 8 == 0 and 16-byte aligned buffers; the host checks).
 // Launch: grid (ceil(F/8/256), M), block 256.
 extern "C" __global__ void gelu_mul(const bf16* __restrict__ gu, bf16* __restrict__ out, int F) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int f = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     const size_t m = blockIdx.y;
     if (f >= F) return;

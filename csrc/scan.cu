@@ -191,7 +191,6 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 // Launch: grid (ceil(DI/128), B), block 128.
 extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_slot,
                                       float* __restrict__ ssm_state, bf16* __restrict__ y) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int b = blockIdx.y;
     if (c >= a.DI) return;
@@ -251,11 +250,7 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     const int blocks_per_head = (a.DH + DEC_WARPS - 1) / DEC_WARPS;
     const int h = blockIdx.x / blocks_per_head;
     const int d = (blockIdx.x % blocks_per_head) * DEC_WARPS + warp;
-    pdl_trigger();
-    if (d >= a.DH) {  // warp-uniform; no barriers below
-        pdl_wait();
-        return;
-    }
+    if (d >= a.DH) return;  // warp-uniform; no barriers below
     const int c = h * a.DH + d;
     const int b0 = blockIdx.y * DEC_EB;
     const int nb = min(DEC_EB, B - b0);
@@ -264,18 +259,16 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     const int half = lane >> 4, n = lane & 15;
     const uint4 zero = make_uint4(0, 0, 0, 0);
 
-    // Loads that do not depend on dt, all issued before any is used: first the constant weights
-    // (before pdl_wait: they overlap the previous kernel's tail), then the step's inputs.
+    // Loads that do not depend on dt, all issued before any is used.
     const uint4 wv = lane < r8 ? __ldg(reinterpret_cast<const uint4*>(dt_proj + (size_t)c * a.R) + lane) : zero;
-    const float A = a.A[(size_t)c * SCAN_N + n];
-    const float D = a.D[c], bias = a.dt_bias[c];
-    pdl_wait();
     uint4 xv[DEC_EB];
 #pragma unroll
     for (int e = 0; e < DEC_EB; ++e)
         xv[e] = (e < nb && lane < r8)
                     ? __ldg(reinterpret_cast<const uint4*>(a.xdbl + ((size_t)(b0 + e) * a.NH + h) * XR) + lane)
                     : zero;
+    const float A = a.A[(size_t)c * SCAN_N + n];
+    const float D = a.D[c], bias = a.dt_bias[c];
     constexpr int PER_HALF = DEC_EB / 2;
     float st[PER_HALF], bv[PER_HALF], cv[PER_HALF], u[PER_HALF], z[PER_HALF];
     float* sp[PER_HALF];
