@@ -13,10 +13,11 @@
 // HD % 8 == 0 (an 8-element chunk stays inside one head), q_width and ldqkv multiples of 8 and
 // 16-byte aligned buffers (the host checks).
 // Launch: grid (ceil(NKV*HD/8/256), M), block 256.
-extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, int q_width,
-                                     const int* __restrict__ tok_entry, const int* __restrict__ entry_start,
-                                     const int* __restrict__ entry_past, const int* __restrict__ entry_slot,
-                                     bf16* __restrict__ kc, bf16* __restrict__ vc, int NKV, int HD, int ctx) {
+extern "C" __global__ void kv_append(const bf16* qkv, int ldqkv, int q_width,
+                                     const int* tok_entry, const int* entry_start,
+                                     const int* entry_past, const int* entry_slot,
+                                     bf16* kc, bf16* vc, int NKV, int HD, int ctx) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     const int m = blockIdx.y;
     const int kvw = NKV * HD;
@@ -38,11 +39,12 @@ extern "C" __global__ void kv_append(const bf16* __restrict__ qkv, int ldqkv, in
 // its warps. Writes unnormalised acc [B, NA, n_splits, HD] and (m, l) [B, NA, n_splits, 2].
 // Lane j owns the 8-element chunks j and j + 32 of the head dimension (HD % 8 == 0, HD <= 512).
 // Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS.
-extern "C" __global__ void attn_decode(const bf16* __restrict__ qkv, int ldqkv,
-                                       const bf16* __restrict__ kc, const bf16* __restrict__ vc,
-                                       const int* __restrict__ entry_slot, const int* __restrict__ seq_len,
-                                       float* __restrict__ part_acc, float* __restrict__ part_ml,
+extern "C" __global__ void attn_decode(const bf16* qkv, int ldqkv,
+                                       const bf16* kc, const bf16* vc,
+                                       const int* entry_slot, const int* seq_len,
+                                       float* part_acc, float* part_ml,
                                        int NA, int NKV, int HD, int ctx, int split_len, float scale) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = h / (NA / NKV);
@@ -116,9 +118,10 @@ extern "C" __global__ void attn_decode(const bf16* __restrict__ qkv, int ldqkv,
 
 // Flash-decoding, step 2: out[b, h*HD + d] = sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M),
 // M = max_s m_s, over the splits that saw keys. Launch: grid (NA, B), block 128.
-extern "C" __global__ void attn_decode_combine(const float* __restrict__ part_acc,
-                                               const float* __restrict__ part_ml, bf16* __restrict__ out,
+extern "C" __global__ void attn_decode_combine(const float* part_acc,
+                                               const float* part_ml, bf16* out,
                                                int ldo, int NA, int HD, int n_splits) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int h = blockIdx.x, b = blockIdx.y;
     const size_t p0 = ((size_t)b * NA + h) * n_splits;
     float M = -INFINITY;

@@ -159,11 +159,12 @@ extern "C" __global__ void conv_state_update(const bf16* __restrict__ xs, int ld
 // One-token update (decode): row b is entry b's only token. The window is [state (K-1), x];
 // out[b, c] = silu(bias[c] + sum_k w[c, k] * window[k]); the state becomes window[1..K].
 // Launch: grid (ceil(DI/256), B), block 256.
-extern "C" __global__ void conv1d_update(const bf16* __restrict__ xs, int ldx,
-                                         const int* __restrict__ entry_slot,
-                                         bf16* __restrict__ conv_state,
-                                         const float* __restrict__ w, const float* __restrict__ bias,
-                                         bf16* __restrict__ out, int DI, int K) {
+extern "C" __global__ void conv1d_update(const bf16* xs, int ldx,
+                                         const int* entry_slot,
+                                         bf16* conv_state,
+                                         const float* w, const float* bias,
+                                         bf16* out, int DI, int K) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int b = blockIdx.y;
     if (c >= DI) return;

@@ -10,7 +10,8 @@
 // so that a segment fits one such round (K <= 4096 per warp) and so that short matrices (x_proj)
 // still spread over every SM; a warp's life is then about one DRAM round trip and the tail of the
 // grid is short. Little's law wants ~32 KB in flight per SM at 4.2 TB/s; a warp holds up to 8 KB.
-// x is read through L1 (__ldg): every warp of an SM reads the same chunks. Each warp reduces with
+// x is read through L1 (plain loads, not __ldg: the kernel may run under PDL, see common.cuh):
+// every warp of an SM reads the same chunks. Each warp reduces with
 // shuffles; the wpr partial sums of a row meet in shared memory.
 // Launch: grid (ceil(N / (GEMV_WARPS / wpr)), batch), block 32 * GEMV_WARPS.
 #include "common.cuh"
@@ -29,9 +30,9 @@ __device__ __forceinline__ void bf16x8_to_f32(const uint4& raw, float* f) {
 }
 
 template <int MAXM>
-__device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, long long stride_x,
-                                          const bf16* __restrict__ W, int ldw, long long stride_w,
-                                          void* __restrict__ y, int ldy, long long stride_y, int M, int N,
+__device__ __forceinline__ void gemv_rows(const bf16* x, int ldx, long long stride_x,
+                                          const bf16* W, int ldw, long long stride_w,
+                                          void* y, int ldy, long long stride_y, int M, int N,
                                           int K, int y_f32, int accumulate, int wpr) {
     __shared__ float part_sum[GEMV_WARPS][MAXM];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -45,6 +46,10 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
     float acc[MAXM];
 #pragma unroll
     for (int m = 0; m < MAXM; ++m) acc[m] = 0.f;
+    pdl_trigger();
+    // The first round of weight loads is issued before pdl_wait, so that it overlaps the tail of
+    // the kernel before (the weights are constant; x and y are not read before the wait).
+    bool waited = false;
     if (n < N) {
         const uint4* wrow = reinterpret_cast<const uint4*>(W + (size_t)b * stride_w + (size_t)n * ldw);
         for (int c0 = c_begin; c0 < c_end; c0 += 32 * GEMV_INFLIGHT) {
@@ -53,6 +58,10 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
             for (int i = 0; i < GEMV_INFLIGHT; ++i) {
                 const int c = c0 + lane + 32 * i;
                 w[i] = c < c_end ? __ldcs(wrow + c) : make_uint4(0, 0, 0, 0);
+            }
+            if (!waited) {
+                pdl_wait();
+                waited = true;
             }
 #pragma unroll
             for (int i = 0; i < GEMV_INFLIGHT; ++i) {
@@ -64,7 +73,7 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
                     for (int m = 0; m < MAXM; ++m) {
                         if (m < M) {
                             float xf[8];
-                            bf16x8_to_f32(__ldg(reinterpret_cast<const uint4*>(x + (size_t)m * ldx) + c), xf);
+                            bf16x8_to_f32(reinterpret_cast<const uint4*>(x + (size_t)m * ldx)[c], xf);
 #pragma unroll
                             for (int j = 0; j < 8; ++j) acc[m] += wf[j] * xf[j];
                         }
@@ -73,6 +82,7 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
             }
         }
     }
+    if (!waited) pdl_wait();
 #pragma unroll
     for (int m = 0; m < MAXM; ++m) {
         const float s = warp_sum(acc[m]);
@@ -99,16 +109,16 @@ __device__ __forceinline__ void gemv_rows(const bf16* __restrict__ x, int ldx, l
 
 // M = 1 (batch-1 decode): the common case, with the fewest registers.
 extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-gemv_m1(const bf16* __restrict__ x, int ldx, long long stride_x, const bf16* __restrict__ W, int ldw,
-        long long stride_w, void* __restrict__ y, int ldy, long long stride_y, int M, int N, int K, int y_f32,
+gemv_m1(const bf16* x, int ldx, long long stride_x, const bf16* W, int ldw,
+        long long stride_w, void* y, int ldy, long long stride_y, int M, int N, int K, int y_f32,
         int accumulate, int wpr) {
     gemv_rows<1>(x, ldx, stride_x, W, ldw, stride_w, y, ldy, stride_y, 1, N, K, y_f32, accumulate, wpr);
 }
 
 // 1 <= M <= 8 (small decode batches): the same weight chunks feed every x row.
 extern "C" __global__ void __launch_bounds__(32 * GEMV_WARPS)
-gemv_m8(const bf16* __restrict__ x, int ldx, long long stride_x, const bf16* __restrict__ W, int ldw,
-        long long stride_w, void* __restrict__ y, int ldy, long long stride_y, int M, int N, int K, int y_f32,
+gemv_m8(const bf16* x, int ldx, long long stride_x, const bf16* W, int ldw,
+        long long stride_w, void* y, int ldy, long long stride_y, int M, int N, int K, int y_f32,
         int accumulate, int wpr) {
     gemv_rows<8>(x, ldx, stride_x, W, ldw, stride_w, y, ldy, stride_y, M, N, K, y_f32, accumulate, wpr);
 }

@@ -3,7 +3,8 @@
 
 // Greedy token: out[r] = argmax_j x[r, j] (the first index on ties; NaN never wins).
 // Launch: grid (rows), block 1024 (any power of two up to 1024).
-extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restrict__ out, int V) {
+extern "C" __global__ void argmax_rows(const float* x, int* out, int V) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const float* row = x + (size_t)blockIdx.x * V;
     float best = -INFINITY;
     int idx = 0x7fffffff;

@@ -5,8 +5,9 @@
 // values in fp32.
 // Launch: grid (M), block 256. Token ids were range-checked on the host; an id outside [0, V) is
 // clamped to 0 so that a bad id can never read outside the table.
-extern "C" __global__ void embed_gather(const int* __restrict__ ids, const bf16* __restrict__ table,
-                                        bf16* __restrict__ e, float* __restrict__ h, int H, int V) {
+extern "C" __global__ void embed_gather(const int* ids, const bf16* table,
+                                        bf16* e, float* h, int H, int V) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int m = blockIdx.x;
     int id = ids[m];
     if (id < 0 || id >= V) id = 0;
@@ -46,9 +47,9 @@ __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16
 // block), so that they are in flight together: on the H200 a form that summed each value as it
 // arrived waited for its loads one after another (38.5 µs for 2048 rows of 3712, 4.1 µs for one).
 template <bool A_F32, int HELD>
-__device__ __forceinline__ void rmsnorm_row(const void* __restrict__ a, const bf16* __restrict__ add,
-                                            const bf16* __restrict__ b, const int* __restrict__ rows,
-                                            const bf16* __restrict__ w, bf16* __restrict__ out,
+__device__ __forceinline__ void rmsnorm_row(const void* a, const bf16* add,
+                                            const bf16* b, const int* rows,
+                                            const bf16* w, bf16* out,
                                             int D1, int D2, float eps) {
     const int row = blockIdx.x;
     const size_t src = rows ? rows[row] : row;
@@ -104,10 +105,11 @@ __device__ __forceinline__ void rmsnorm_row(const void* __restrict__ a, const bf
 }
 
 // 8 values held per thread (the decode launch: 1024 threads for a few long rows).
-extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
-                                   const bf16* __restrict__ b, const int* __restrict__ rows,
-                                   const bf16* __restrict__ w, bf16* __restrict__ out,
+extern "C" __global__ void rmsnorm(const void* a, int a_f32, const bf16* add,
+                                   const bf16* b, const int* rows,
+                                   const bf16* w, bf16* out,
                                    int D1, int D2, float eps) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     if (a_f32)
         rmsnorm_row<true, 8>(a, add, b, rows, w, out, D1, D2, eps);
     else
@@ -115,10 +117,11 @@ extern "C" __global__ void rmsnorm(const void* __restrict__ a, int a_f32, const 
 }
 
 // 16 values held per thread (the prefill launch: 256 or 512 threads per row, many rows).
-extern "C" __global__ void rmsnorm_h16(const void* __restrict__ a, int a_f32, const bf16* __restrict__ add,
-                                       const bf16* __restrict__ b, const int* __restrict__ rows,
-                                       const bf16* __restrict__ w, bf16* __restrict__ out,
+extern "C" __global__ void rmsnorm_h16(const void* a, int a_f32, const bf16* add,
+                                       const bf16* b, const int* rows,
+                                       const bf16* w, bf16* out,
                                        int D1, int D2, float eps) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     if (a_f32)
         rmsnorm_row<true, 16>(a, add, b, rows, w, out, D1, D2, eps);
     else
@@ -129,7 +132,8 @@ extern "C" __global__ void rmsnorm_h16(const void* __restrict__ a, int a_f32, co
 // of gu is [gate (F) | up (F)] from one fused GEMM. Each thread computes 8 consecutive f of one row
 // (16-byte loads and stores: needs F % 8 == 0 and 16-byte aligned buffers; the host checks).
 // Launch: grid (ceil(F/8/256), M), block 256.
-extern "C" __global__ void gelu_mul(const bf16* __restrict__ gu, bf16* __restrict__ out, int F) {
+extern "C" __global__ void gelu_mul(const bf16* gu, bf16* out, int F) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int f = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
     const size_t m = blockIdx.y;
     if (f >= F) return;

@@ -26,7 +26,7 @@ struct ScanArgs {
 
 // One timestep t of channel c, the form decode uses (ssm_decode): updates the state s in place and
 // writes y[t, c].
-__device__ __forceinline__ void scan_step(const ScanArgs& a, int c, int t, float* s, bf16* __restrict__ y) {
+__device__ __forceinline__ void scan_step(const ScanArgs& a, int c, int t, float* s, bf16* y) {
     const int h = c / a.DH;
     const int XR = a.R + 2 * SCAN_N;
     const float D = a.D[c], bias = a.dt_bias[c];
@@ -191,8 +191,9 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 // One-token state update (decode): row b is entry b's only token, continuing from its slot's
 // state, which is updated in place. The same math as above with T = 1.
 // Launch: grid (ceil(DI/128), B), block 128.
-extern "C" __global__ void ssm_decode(ScanArgs a, const int* __restrict__ entry_slot,
-                                      float* __restrict__ ssm_state, bf16* __restrict__ y) {
+extern "C" __global__ void ssm_decode(ScanArgs a, const int* entry_slot,
+                                      float* ssm_state, bf16* y) {
+    pdl_enter();  // first: every access below may depend on the previous kernel
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int b = blockIdx.y;
     if (c >= a.DI) return;
@@ -246,13 +247,17 @@ __device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
 }
 
 extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
-    ssm_decode_dt(ScanArgs a, const bf16* __restrict__ dt_proj, const int* __restrict__ entry_slot,
-                  int B, float* __restrict__ ssm_state, bf16* __restrict__ y) {
+    ssm_decode_dt(ScanArgs a, const bf16* dt_proj, const int* entry_slot,
+                  int B, float* ssm_state, bf16* y) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int blocks_per_head = (a.DH + DEC_WARPS - 1) / DEC_WARPS;
     const int h = blockIdx.x / blocks_per_head;
     const int d = (blockIdx.x % blocks_per_head) * DEC_WARPS + warp;
-    if (d >= a.DH) return;  // warp-uniform; no barriers below
+    pdl_trigger();
+    if (d >= a.DH) {  // warp-uniform; no barriers below
+        pdl_wait();
+        return;
+    }
     const int c = h * a.DH + d;
     const int b0 = blockIdx.y * DEC_EB;
     const int nb = min(DEC_EB, B - b0);
@@ -261,16 +266,18 @@ extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     const int half = lane >> 4, n = lane & 15;
     const uint4 zero = make_uint4(0, 0, 0, 0);
 
-    // Loads that do not depend on dt, all issued before any is used.
+    // Loads that do not depend on dt, all issued before any is used: first the constant weights
+    // (before pdl_wait: they overlap the previous kernel's tail), then the step's inputs.
     const uint4 wv = lane < r8 ? __ldg(reinterpret_cast<const uint4*>(dt_proj + (size_t)c * a.R) + lane) : zero;
+    const float A = a.A[(size_t)c * SCAN_N + n];
+    const float D = a.D[c], bias = a.dt_bias[c];
+    pdl_wait();
     uint4 xv[DEC_EB];
 #pragma unroll
     for (int e = 0; e < DEC_EB; ++e)
         xv[e] = (e < nb && lane < r8)
-                    ? __ldg(reinterpret_cast<const uint4*>(a.xdbl + ((size_t)(b0 + e) * a.NH + h) * XR) + lane)
+                    ? reinterpret_cast<const uint4*>(a.xdbl + ((size_t)(b0 + e) * a.NH + h) * XR)[lane]
                     : zero;
-    const float A = a.A[(size_t)c * SCAN_N + n];
-    const float D = a.D[c], bias = a.dt_bias[c];
     constexpr int PER_HALF = DEC_EB / 2;
     float st[PER_HALF], bv[PER_HALF], cv[PER_HALF], u[PER_HALF], z[PER_HALF];
     float* sp[PER_HALF];

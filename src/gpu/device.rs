@@ -95,8 +95,12 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
-    /// Each kernel, and the dynamic shared memory it may launch with (bytes).
-    functions: HashMap<&'static str, (sys::CUfunction, u32)>,
+    /// Each kernel, the dynamic shared memory it may launch with (bytes), and whether it is
+    /// launched with programmatic dependent launch (see [`PDL_KERNELS`]).
+    functions: HashMap<&'static str, (sys::CUfunction, u32, bool)>,
+    /// Kernels of `PDL_KERNELS` launch with programmatic stream serialisation (sm_90 and later;
+    /// `ZAMBA_PDL=0` turns it off).
+    pub pdl: bool,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
     /// Runs the flash prefill with 32-key tiles even where the 64-key kernel fits (what GPUs with
@@ -157,6 +161,28 @@ const KERNELS: &[&str] = &[
     "fill_uniform_f32",
 ];
 
+/// The kernels launched with programmatic dependent launch (PDL) where the GPU has it: the
+/// kernels of a decode step, each of which calls `pdl_wait` (csrc/common.cuh) before it touches
+/// any buffer another kernel writes or reads, and before any of its threads can exit, and reads
+/// other kernels' outputs only through coherent loads (no `__restrict__`, no `__ldg`). Such a
+/// launch lets the kernel's blocks start (and load constant weights) while the kernel before it
+/// in the stream finishes; launches of other kernels, and cuBLAS's, wait for full completion.
+const PDL_KERNELS: &[&str] = &[
+    "embed_gather",
+    "rmsnorm",
+    "rmsnorm_h16",
+    "gelu_mul",
+    "conv1d_update",
+    "ssm_decode",
+    "ssm_decode_dt",
+    "kv_append",
+    "attn_decode",
+    "attn_decode_combine",
+    "argmax_rows",
+    "gemv_m1",
+    "gemv_m8",
+];
+
 /// Dynamic shared memory any kernel may use without opting in.
 const DEFAULT_SMEM: usize = 48 << 10;
 
@@ -200,6 +226,11 @@ impl Gpu {
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
         )?
         .max(1) as usize;
+        let major = cu(
+            "querying the compute capability",
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
+        )?;
+        let pdl = major >= 9 && !std::env::var("ZAMBA_PDL").is_ok_and(|v| v == "0");
         let mut functions = HashMap::new();
         for &name in KERNELS {
             let f = cu(&format!("loading kernel {name}"), module.load_function(name))?;
@@ -214,7 +245,7 @@ impl Gpu {
                     ),
                 )?;
             }
-            functions.insert(name, (f.cu_function(), smem as u32));
+            functions.insert(name, (f.cu_function(), smem as u32, PDL_KERNELS.contains(&name)));
         }
         Ok(Gpu {
             ctx,
@@ -224,6 +255,7 @@ impl Gpu {
             gemv_mode: GemvMode::from_env(),
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
             sm_count,
+            pdl,
         })
     }
 
@@ -258,7 +290,7 @@ impl Gpu {
         smem: u32,
         args: &mut Args,
     ) -> Result<()> {
-        let (f, smem_max) = *self.functions.get(name).ok_or_else(|| ZambaError::Cuda {
+        let (f, smem_max, pdl) = *self.functions.get(name).ok_or_else(|| ZambaError::Cuda {
             context: format!("launching {name}"),
             message: "no such kernel in the fatbin".into(),
         })?;
@@ -281,15 +313,41 @@ impl Gpu {
         // SAFETY: f is a live function of the loaded module; ptrs[..n] point at argument values
         // that outlive the call (cuLaunchKernel copies them before returning); the kernel's
         // signature matches the pushed arguments (each wrapper in src/gpu/kernels/ mirrors one kernel).
-        let r = unsafe {
-            result::launch_kernel(
-                f,
-                grid,
-                (block, 1, 1),
-                smem,
-                self.cu_stream(),
-                &mut ptrs[..args.n],
-            )
+        let r = if pdl && self.pdl {
+            let mut attr = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                // SAFETY: the value union is plain data; zero is a valid bit pattern for it.
+                value: unsafe { std::mem::zeroed() },
+            };
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            let config = sys::CUlaunchConfig {
+                gridDimX: grid.0,
+                gridDimY: grid.1,
+                gridDimZ: grid.2,
+                blockDimX: block,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: smem,
+                hStream: self.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            // SAFETY: as for cuLaunchKernel below; `config` and `attr` live across the call, and
+            // the kernel calls pdl_wait before touching memory other kernels use (PDL_KERNELS).
+            unsafe { sys::cuLaunchKernelEx(&config, f, ptrs.as_mut_ptr(), std::ptr::null_mut()) }.result()
+        } else {
+            // SAFETY: see above.
+            unsafe {
+                result::launch_kernel(
+                    f,
+                    grid,
+                    (block, 1, 1),
+                    smem,
+                    self.cu_stream(),
+                    &mut ptrs[..args.n],
+                )
+            }
         };
         match r {
             Ok(()) => Ok(()),
