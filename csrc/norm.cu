@@ -45,7 +45,8 @@ __device__ __forceinline__ float norm_input(const void* a, int a_f32, const bf16
 // so the kernel waits for one round trip, not two; longer rows fall back to reading twice. The
 // held path issues all of a thread's loads before it uses any (predicated loads in one basic
 // block), so that they are in flight together: on the H200 a form that summed each value as it
-// arrived waited for its loads one after another (38.5 µs for 2048 rows of 3712, 4.1 µs for one).
+// arrived waited for its loads one after another (38.5 µs for 2048 rows of 3712 and 5.5 µs for
+// one row, against 25.0 and 4.1 µs now).
 template <bool A_F32, int HELD>
 __device__ __forceinline__ void rmsnorm_row(const void* a, const bf16* add,
                                             const bf16* b, const int* rows,
