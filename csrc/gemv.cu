@@ -11,8 +11,8 @@
 // still spread over every SM; a warp's life is then about one DRAM round trip and the tail of the
 // grid is short. Little's law wants ~32 KB in flight per SM at 4.2 TB/s; a warp holds up to 8 KB.
 // x is read through L1 (plain loads, not __ldg: the kernel may run under PDL, see common.cuh):
-// every warp of an SM reads the same chunks. Each warp reduces with
-// shuffles; the wpr partial sums of a row meet in shared memory.
+// every warp of an SM reads the same chunks. Each warp reduces with shuffles; the wpr partial sums
+// of a row meet in shared memory.
 // Launch: grid (ceil(N / (GEMV_WARPS / wpr)), batch), block 32 * GEMV_WARPS.
 #include "common.cuh"
 

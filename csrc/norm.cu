@@ -105,28 +105,28 @@ __device__ __forceinline__ void rmsnorm_row(const void* a, const bf16* add,
     }
 }
 
-// 8 values held per thread (the decode launch: 1024 threads for a few long rows).
-extern "C" __global__ void rmsnorm(const void* a, int a_f32, const bf16* add,
-                                   const bf16* b, const int* rows,
-                                   const bf16* w, bf16* out,
-                                   int D1, int D2, float eps) {
+// The kernels' shared body: PDL entry, then the row with the input type known at compile time.
+template <int HELD>
+__device__ __forceinline__ void rmsnorm_kernel(const void* a, int a_f32, const bf16* add, const bf16* b,
+                                               const int* rows, const bf16* w, bf16* out, int D1, int D2,
+                                               float eps) {
     pdl_enter();  // first: every access below may depend on the previous kernel
     if (a_f32)
-        rmsnorm_row<true, 8>(a, add, b, rows, w, out, D1, D2, eps);
+        rmsnorm_row<true, HELD>(a, add, b, rows, w, out, D1, D2, eps);
     else
-        rmsnorm_row<false, 8>(a, add, b, rows, w, out, D1, D2, eps);
+        rmsnorm_row<false, HELD>(a, add, b, rows, w, out, D1, D2, eps);
+}
+
+// 8 values held per thread (the decode launch: 1024 threads for a few long rows).
+extern "C" __global__ void rmsnorm(const void* a, int a_f32, const bf16* add, const bf16* b, const int* rows,
+                                   const bf16* w, bf16* out, int D1, int D2, float eps) {
+    rmsnorm_kernel<8>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
 }
 
 // 16 values held per thread (the prefill launch: 256 or 512 threads per row, many rows).
-extern "C" __global__ void rmsnorm_h16(const void* a, int a_f32, const bf16* add,
-                                       const bf16* b, const int* rows,
-                                       const bf16* w, bf16* out,
-                                       int D1, int D2, float eps) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
-    if (a_f32)
-        rmsnorm_row<true, 16>(a, add, b, rows, w, out, D1, D2, eps);
-    else
-        rmsnorm_row<false, 16>(a, add, b, rows, w, out, D1, D2, eps);
+extern "C" __global__ void rmsnorm_h16(const void* a, int a_f32, const bf16* add, const bf16* b, const int* rows,
+                                       const bf16* w, bf16* out, int D1, int D2, float eps) {
+    rmsnorm_kernel<16>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
 }
 
 // GELU-gated MLP activation: out[m, f] = bf16( gelu_erf(gu[m, f]) * gu[m, F + f] ), where each row
