@@ -41,8 +41,9 @@ extern "C" __global__ void kv_append(const bf16* qkv, int ldqkv, int q_width,
 // Lane j owns the 8-element chunks j and j + 32 of the head dimension (HD % 8 == 0, HD <= 512)
 // and holds q's values there in registers. Per group of DEC_KEYS keys a lane issues all of their K
 // and V loads before it uses any, so that a warp waits for one memory round trip per group, not
-// two per key: with one key at a time a 128-key split cost ~30 us per hybrid layer at batch 1
-// (32 dependent round trips per warp), about 7% of a decode step.
+// two per key. With one key at a time (32 dependent steps per warp in a 128-key split) kv_append
+// and the attention cost 43 us per hybrid layer in the batch-1 decode graph on the H200, 7% of a
+// step; with 4 keys, 16 us (BENCHMARKS.md, fifth session).
 // Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS.
 #define DEC_KEYS 4
 extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
