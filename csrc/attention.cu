@@ -39,7 +39,8 @@ extern "C" __global__ void kv_append(const bf16* qkv, int ldqkv, int q_width,
 // weighted value sum acc (online softmax), and the block merges its warps. Writes unnormalised acc
 // [B, NA, n_splits, HD] and (m, l) [B, NA, n_splits, 2].
 // Lane j owns the 8-element chunks j and j + 32 of the head dimension (HD % 8 == 0, HD <= 512)
-// and holds q's values there in registers. Per group of DEC_KEYS keys a lane issues all of their K
+// and holds q's values there in registers (loaded as 16-byte chunks, like K and V: ldqkv % 8 == 0
+// and 16-byte aligned buffers, which kv_append's launcher checks for the same qkv and cache). Per group of DEC_KEYS keys a lane issues all of their K
 // and V loads before it uses any, so that a warp waits for one memory round trip per group, not
 // two per key. With one key at a time (32 dependent steps per warp in a 128-key split) kv_append
 // and the attention cost 43 us per hybrid layer in the batch-1 decode graph on the H200, 7% of a
@@ -56,24 +57,25 @@ attn_decode(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const in
     const int g = h / (NA / NKV);
     const int n_keys = seq_len[b];
     const int k0 = split * split_len, k1 = min(k0 + split_len, n_keys);
-    __shared__ float q[MAX_HD];
     __shared__ float w_acc[DEC_WARPS][MAX_HD];
     __shared__ float w_m[DEC_WARPS], w_l[DEC_WARPS];
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) q[d] = to_f(qkv[(size_t)b * ldqkv + h * HD + d]);
-    __syncthreads();
     const int nchunk = HD / 8;
     const size_t base = ((size_t)entry_slot[b] * NKV + g) * ctx * HD;
+    const uint4 zero = make_uint4(0, 0, 0, 0);
+    // This lane's chunks of q, straight from qkv into registers (16-byte loads, like K and V).
     float qr[2][8], acc[2][8];
 #pragma unroll
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 2; ++i) {
+        const int ch = lane + 32 * i;
+        const uint4 raw =
+            ch < nchunk ? *reinterpret_cast<const uint4*>(qkv + (size_t)b * ldqkv + h * HD + ch * 8) : zero;
 #pragma unroll
         for (int x = 0; x < 8; ++x) {
-            const int ch = lane + 32 * i;
-            qr[i][x] = ch < nchunk ? q[ch * 8 + x] : 0.f;
+            qr[i][x] = to_f(reinterpret_cast<const bf16*>(&raw)[x]);
             acc[i][x] = 0.f;
         }
+    }
     float m = -INFINITY, l = 0.f;
-    const uint4 zero = make_uint4(0, 0, 0, 0);
     for (int p0 = k0 + DEC_KEYS * warp; p0 < k1; p0 += DEC_KEYS * DEC_WARPS) {
         uint4 kr[DEC_KEYS][2], vr[DEC_KEYS][2];
 #pragma unroll
