@@ -107,8 +107,11 @@ pub struct Gpu {
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
     /// `ZAMBA_FLASH_K32=1` sets it.
     pub flash_small_tiles: bool,
-    /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`).
+    /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`, `mamba_step`).
     pub sm_count: usize,
+    /// The GPU has TMA bulk copies and mbarrier transaction counts (sm_90 and later), which
+    /// `mamba_step` needs.
+    pub tma: bool,
 }
 
 /// Routing of skinny (decode) GEMMs. `ZAMBA_GEMV=0` forces cuBLAS and `ZAMBA_GEMV=1` our kernel
@@ -148,6 +151,7 @@ const KERNELS: &[&str] = &[
     "scan_seq",
     "ssm_decode",
     "ssm_decode_dt",
+    "mamba_step",
     "kv_append",
     "flash_attn_prefill",
     "flash_attn_prefill_k32",
@@ -167,6 +171,9 @@ const KERNELS: &[&str] = &[
 /// other kernels' outputs only through coherent loads (no `__restrict__`, no `__ldg`). Such a
 /// launch lets the kernel's blocks start (and load constant weights) while the kernel before it
 /// in the stream finishes; launches of other kernels, and cuBLAS's, wait for full completion.
+/// One documented exception: `mamba_step` reads the layer's conv and SSM states before its
+/// `pdl_wait`, which is sound because nothing in a decode step writes them before it does
+/// (csrc/mamba_step.cu).
 const PDL_KERNELS: &[&str] = &[
     "embed_gather",
     "rmsnorm",
@@ -175,6 +182,7 @@ const PDL_KERNELS: &[&str] = &[
     "conv1d_update",
     "ssm_decode",
     "ssm_decode_dt",
+    "mamba_step",
     "kv_append",
     "attn_decode",
     "attn_decode_combine",
@@ -190,6 +198,8 @@ const DEFAULT_SMEM: usize = 48 << 10;
 /// ever ask for. Set once at load time, capped at what the GPU allows (a launch asking for more
 /// than that fails with a clear error).
 const DYNAMIC_SMEM: &[(&str, usize)] = &[
+    // The most an H100/H200 block may have; its ring takes what the GPU allows.
+    ("mamba_step", 227 << 10),
     (
         FLASH_PREFILL_KERNELS[0].0,
         flash_smem_bytes(FLASH_MAX_HD, FLASH_PREFILL_KERNELS[0].1),
@@ -256,6 +266,7 @@ impl Gpu {
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
             sm_count,
             pdl,
+            tma: major >= 9,
         })
     }
 

@@ -49,7 +49,12 @@ pub struct Workspace {
     pub logits: DeviceBuf,
     pub logit_rows: usize,
     pub argmax: DeviceBuf,
+    /// The grid-barrier counter of `mamba_step` (8 bytes, zeroed here, then only grown by it).
+    pub grid_sync: DeviceBuf,
 }
+
+/// Bytes of the grid-barrier counter.
+const GRID_SYNC_BYTES: usize = 8;
 
 /// (name, bytes) of every buffer, in one place so that `bytes` and `new` agree: `new` takes
 /// them in order and checks each name.
@@ -100,7 +105,7 @@ fn logit_rows(cfg: &ZambaConfig, want: usize) -> usize {
 impl Workspace {
     /// Device bytes for a workspace of `m` rows, `slots` sequences and contexts up to `ctx`.
     pub fn bytes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> usize {
-        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum()
+        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum::<usize>() + GRID_SYNC_BYTES
     }
 
     pub fn new(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Result<Self> {
@@ -136,6 +141,7 @@ impl Workspace {
             logits: next("logits")?,
             logit_rows: logit_rows(cfg, m.max(slots)),
             argmax: next("argmax")?,
+            grid_sync: DeviceBuf::zeroed(GRID_SYNC_BYTES, "the grid-barrier counter")?,
         })
     }
 }

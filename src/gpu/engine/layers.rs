@@ -6,7 +6,7 @@ use crate::error::Result;
 use crate::gpu::attention;
 use crate::gpu::batch::Entry;
 use crate::gpu::gemm::{self, Gemm};
-use crate::gpu::kernels::{ssm_decode_dt_fits, ScanArgs};
+use crate::gpu::kernels::{ssm_decode_dt_fits, MambaStepArgs, ScanArgs};
 
 impl GpuModel {
     /// Runs `entries` (`m` tokens in all, already uploaded with `self.batch.upload`) through the
@@ -74,6 +74,38 @@ impl GpuModel {
                 &Gemm::linear(ws.n.ptr(), lw.in_proj, ws.xz.ptr(), m, 2 * di, h),
             )?;
             let conv = self.states.conv_at(i);
+            if let (true, 1, Some(dims)) = (decode, m, &self.step_dims) {
+                // One sequence, one token: everything up to out_proj in one kernel.
+                let args = MambaStepArgs {
+                    xz: ws.xz.ptr(),
+                    conv_state: conv,
+                    conv_w: lw.conv_w,
+                    conv_b: lw.conv_b,
+                    xc: ws.xc.ptr(),
+                    x_proj: lw.x_proj,
+                    xdbl: ws.xdbl.ptr(),
+                    dt_proj: lw.dt_proj,
+                    a: lw.a,
+                    d: lw.d,
+                    dt_bias: lw.dt_bias,
+                    ssm_state: self.states.ssm_at(i),
+                    y: ws.y.ptr(),
+                    out_proj: lw.out_proj,
+                    h: ws.h.ptr(),
+                    entry_slot: 0,
+                    barrier: ws.grid_sync.ptr(),
+                    di: 0,
+                    dh: 0,
+                    nh: 0,
+                    r: 0,
+                    k: 0,
+                    hsize: 0,
+                    _pad0: 0,
+                    _pad1: 0,
+                };
+                g.mamba_step(&args, dims, &meta)?;
+                continue;
+            }
             if decode {
                 g.conv1d_update(
                     ws.xz.ptr(),

@@ -3,7 +3,8 @@
 //! A forward runs the tokens of all its sequences as one batch of M rows through every layer
 //! (ZAMBA.md section 3): GEMMs on all rows at once, and the sequence-aware kernels (conv, scan,
 //! attention) guided by the batch description. When every sequence brings exactly one token the
-//! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding);
+//! decode kernels run (conv update, one-step state update with dt_proj fused in, flash-decoding;
+//! for one sequence on sm_90, `mamba_step` runs everything from the conv to out_proj in one kernel);
 //! otherwise the prefill kernels run (conv, one-pass scan, flash attention per sequence),
 //! continuing from each slot's state, so prefill, decode and chunked prefill are one code path.
 //! Nothing is allocated after [`GpuModel::load`].
@@ -24,7 +25,7 @@ use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
-use super::kernels::{FLASH_MAX_HD, SCAN_SEQ_CHANNELS};
+use super::kernels::{StepDims, FLASH_MAX_HD, SCAN_SEQ_CHANNELS};
 use super::loader::{check_free, GpuWeights};
 use super::workspace::Workspace;
 use crate::config::ZambaConfig;
@@ -66,6 +67,9 @@ pub struct GpuModel {
     graphs: Vec<Option<CudaGraph>>,
     /// Replay decode steps as CUDA graphs (default; `ZAMBA_GRAPH=0` launches them one by one).
     use_graphs: bool,
+    /// The widths of the fused one-token Mamba mixer (`mamba_step`) where this GPU runs it for
+    /// this config; a batch-1 decode step then uses it (`ZAMBA_FUSED_STEP=0` turns it off).
+    step_dims: Option<StepDims>,
     /// Host scratch for a decode step, sized at load so that the step allocates nothing.
     step_entries: Vec<Entry>,
     step_tokens: Vec<u32>,
@@ -121,9 +125,21 @@ impl GpuModel {
         let batch = BatchBuffers::new(opts.max_tokens, opts.slots)?;
         let ws = Workspace::new(&cfg, opts.max_tokens, opts.slots, ctx)?;
         gpu.sync()?;
+        let dims = StepDims {
+            di: cfg.d_inner(),
+            dh: cfg.mamba_head_dim(),
+            nh: cfg.n_mamba_heads,
+            r: cfg.mamba_dt_rank,
+            k: cfg.mamba_d_conv,
+            h: cfg.hidden_size,
+            d_state: cfg.mamba_d_state,
+        };
+        let fused_on = std::env::var("ZAMBA_FUSED_STEP").map_or(true, |v| v != "0");
+        let step_dims = (fused_on && gpu.mamba_step_runs(&dims)).then_some(dims);
         Ok(GpuModel {
             graphs: (0..opts.slots).map(|_| None).collect(),
             use_graphs: std::env::var("ZAMBA_GRAPH").map_or(true, |v| v != "0"),
+            step_dims,
             step_entries: Vec::with_capacity(opts.slots),
             step_tokens: Vec::with_capacity(opts.slots),
             step_ids: vec![0; opts.slots],

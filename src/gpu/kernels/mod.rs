@@ -104,6 +104,9 @@ fn i(v: usize) -> i32 {
 mod attention;
 mod gemv;
 mod mamba;
+mod mamba_step;
+
+pub use mamba_step::{mamba_step_fits, mamba_step_smem, MambaStepArgs, StepDims};
 
 impl Gpu {
     pub fn embed_gather(

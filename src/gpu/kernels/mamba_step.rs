@@ -1,0 +1,189 @@
+//! The launcher of `mamba_step` (csrc/mamba_step.cu): the one-token Mamba mixer after in_proj
+//! (conv1d update, x_proj, dt_proj, the state update, out_proj onto the residual) as one
+//! persistent kernel, for decode at batch 1 on sm_90.
+
+use super::{i, BatchMeta};
+use crate::error::{Result, ZambaError};
+use crate::gpu::device::{Args, Gpu};
+
+/// Threads per block, worker threads (all but the producer warp) and warps per x_proj row of
+/// the kernel (MS_THREADS, MS_WORKERS, MS_XSEG).
+const THREADS: usize = 1024;
+const WORKERS: usize = THREADS - 32;
+const XSEG: usize = 7;
+/// out_proj rows in flight (MS_STAGES).
+const STAGES: usize = 10;
+/// The kernel's state width (MS_N) and widest conv (MS_MAX_K).
+const D_STATE: usize = 16;
+const MAX_CONV: usize = 8;
+
+/// The widths the kernel is launched for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepDims {
+    /// d_inner (DI), Mamba head dim (DH), Mamba heads (NH), dt_rank (R), conv width (K), hidden
+    /// size (H), and the SSM state width.
+    pub di: usize,
+    pub dh: usize,
+    pub nh: usize,
+    pub r: usize,
+    pub k: usize,
+    pub h: usize,
+    pub d_state: usize,
+}
+
+/// Mirrors `MambaStepArgs` in csrc/mamba_step.cu (field order and C layout must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MambaStepArgs {
+    pub xz: u64,
+    pub conv_state: u64,
+    pub conv_w: u64,
+    pub conv_b: u64,
+    pub xc: u64,
+    pub x_proj: u64,
+    pub xdbl: u64,
+    pub dt_proj: u64,
+    pub a: u64,
+    pub d: u64,
+    pub dt_bias: u64,
+    pub ssm_state: u64,
+    pub y: u64,
+    pub out_proj: u64,
+    pub h: u64,
+    pub entry_slot: u64,
+    pub barrier: u64,
+    pub di: i32,
+    pub dh: i32,
+    pub nh: i32,
+    pub r: i32,
+    pub k: i32,
+    pub hsize: i32,
+    pub _pad0: i32,
+    pub _pad1: i32,
+}
+
+/// The dynamic shared memory of `mamba_step` over `grid` blocks: the ring of STAGES out_proj
+/// rows, the block's x_proj rows and dt_proj rows (bf16), xc and xdbl staged, its conv outputs (fp32, rounded up to
+/// 4), the x_proj and out_proj partial sums, and the mbarriers of the TMA copies (x_proj,
+/// dt_proj, each ring row). The same carve-up as the kernel's.
+pub fn mamba_step_smem(d: &StepDims, grid: usize) -> usize {
+    let g = grid.max(1);
+    let xrows = d.nh * (d.r + 2 * D_STATE);
+    let (nch, nxr, nout) = (d.di.div_ceil(g), xrows.div_ceil(g), d.h.div_ceil(g));
+    STAGES * d.di * 2
+        + nxr * d.dh * 2
+        + nch * d.r * 2
+        + d.di * 2
+        + xrows * 2
+        + nch.next_multiple_of(4) * 4
+        + nxr * XSEG * 4
+        + nout * (THREADS / 32) * 4
+        + (2 + STAGES) * 8
+}
+
+/// Whether `mamba_step` takes widths `d` over `grid` blocks with `smem_limit` bytes of shared
+/// memory per block: DI, DH and R multiples of 8, R ≤ 256 and d_state 16 (the 16-lane state
+/// update), K ≤ 8, at most 62 channels per block and DI ≤ 8·992 (a channel's 16 lanes and one
+/// out_proj chunk per worker thread; the last warp issues the TMA copies),
+/// and its shared memory within the limit.
+pub fn mamba_step_fits(d: &StepDims, grid: usize, smem_limit: usize) -> bool {
+    grid > 0
+        && d.di % 8 == 0
+        && d.dh % 8 == 0
+        && d.r % 8 == 0
+        && d.r <= 256
+        && d.d_state == D_STATE
+        && (1..=MAX_CONV).contains(&d.k)
+        && d.di.div_ceil(grid) <= WORKERS / 16
+        && d.di / 8 <= WORKERS
+        && d.nh * d.dh == d.di
+        && xrows_fit(d)
+        && mamba_step_smem(d, grid) <= smem_limit
+}
+
+/// xdbl is staged in 16-byte chunks: NH·XR must be a multiple of 8 (it is when R is).
+fn xrows_fit(d: &StepDims) -> bool {
+    (d.nh * (d.r + 2 * D_STATE)) % 8 == 0
+}
+
+impl Gpu {
+    /// Whether this GPU runs `mamba_step` (sm_90 and later) for widths `d`.
+    pub fn mamba_step_runs(&self, d: &StepDims) -> bool {
+        self.tma && mamba_step_fits(d, self.sm_count, self.smem_limit("mamba_step"))
+    }
+
+    /// Launches `mamba_step` for one sequence (entry 0 of `meta`) over one block per SM. `args`
+    /// carries every address; this fills in `entry_slot` and the widths;
+    /// `barrier` is the 8-byte grid-barrier counter (zeroed once, then only ever used by launches
+    /// of this grid size). Fails with a clear error where the kernel does not apply.
+    pub fn mamba_step(&self, args: &MambaStepArgs, d: &StepDims, meta: &BatchMeta) -> Result<()> {
+        if !self.mamba_step_runs(d) {
+            return Err(ZambaError::InvalidInput(format!(
+                "mamba_step does not take these widths on this GPU: {d:?}"
+            )));
+        }
+        let aligned = [args.xz, args.x_proj, args.dt_proj, args.out_proj, args.y, args.xc]
+            .iter()
+            .all(|p| p % 16 == 0);
+        if !aligned || args.barrier % 8 != 0 {
+            return Err(ZambaError::InvalidInput(
+                "mamba_step needs 16-byte aligned weights and activations".into(),
+            ));
+        }
+        let mut full = *args;
+        full.entry_slot = meta.entry_slot;
+        full.di = i(d.di);
+        full.dh = i(d.dh);
+        full.nh = i(d.nh);
+        full.r = i(d.r);
+        full.k = i(d.k);
+        full.hsize = i(d.h);
+        let mut a = Args::new();
+        a.push(full);
+        let smem = mamba_step_smem(d, self.sm_count);
+        self.launch_smem(
+            "mamba_step",
+            (self.sm_count as u32, 1, 1),
+            THREADS as u32,
+            smem as u32,
+            &mut a,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn zamba7b() -> StepDims {
+        StepDims {
+            di: 7424,
+            dh: 3712,
+            nh: 2,
+            r: 232,
+            k: 4,
+            h: 3712,
+            d_state: 16,
+        }
+    }
+
+    /// At the 7B widths on an H200 (132 SMs, 227 KB per block) the kernel fits; on fewer than
+    /// 116 SMs a block would hold more than 64 channels; other widths it does not take.
+    #[test]
+    fn fits_at_the_7b_size() {
+        let d = zamba7b();
+        let limit = 227 << 10;
+        assert!(mamba_step_fits(&d, 132, limit));
+        assert!(mamba_step_smem(&d, 132) > 200 << 10);
+        assert!(!mamba_step_fits(&d, 108, limit));
+        assert!(!mamba_step_fits(&StepDims { r: 260, ..d }, 132, limit));
+        assert!(!mamba_step_fits(&StepDims { d_state: 8, ..d }, 132, limit));
+        assert!(!mamba_step_fits(&d, 132, 160 << 10));
+    }
+
+    /// MambaStepArgs is the C struct's size: 17 addresses and 8 ints.
+    #[test]
+    fn args_layout() {
+        assert_eq!(std::mem::size_of::<MambaStepArgs>(), 17 * 8 + 8 * 4);
+    }
+}
