@@ -22,7 +22,7 @@
 //   What the H200 taught (timestamps per block and phase, BENCHMARKS.md): (1) everything an SM
 // receives queues on one path, so a deep prefetch holds back the phases' loads by (bytes in
 // flight) / (the SM's share of bandwidth): with all rows requested at once the conv took 7 us
-// instead of 3, and 2 copies in flight beat 3, 4 and 12; (2) a vector that every block reads
+// instead of 3, and 1 or 2 copies in flight beat 3, 4 and 12; (2) a vector that every block reads
 // (xc, xdbl) is staged in shared memory once per block: 16-byte loads of it by ~900 threads per SM
 // queued at the few L2 slices holding it (5 us for the state update instead of 2); (3) issuing the
 // prefetch from the worker threads themselves (cp.async) stalled them for up to 7 us behind
@@ -49,7 +49,7 @@
 #define MS_N 16
 #define MS_MAX_K 8
 #define MS_STAGES 10  // out_proj rows in the shared-memory ring
-#define MS_DEPTH 2     // TMA copies in flight per block (H200: 2 beat 3, 4 and 12; see above)
+#define MS_DEPTH 1     // TMA copies in flight per block (H200: 1 and 2 beat 3, 4 and 12; see above)
 
 struct MambaStepArgs {
     const bf16* xz;          // in_proj output [2*DI]: x, then z
@@ -122,8 +122,11 @@ __device__ __forceinline__ void ms_workers_sync() { asm volatile("bar.sync 1, %0
 __device__ __forceinline__ void ms_grid_sync(unsigned long long* ctr, unsigned G) {
     ms_workers_sync();
     if (threadIdx.x == 0) {
-        __threadfence();
-        const unsigned long long old = atomicAdd(ctr, 1ull);
+        // acq_rel: releases the block's writes (ordered before this by the bar.sync; release is
+        // cumulative) and acquires the others'. It measured a little faster than __threadfence()
+        // then a relaxed atomicAdd (BENCHMARKS.md).
+        unsigned long long old;
+        asm volatile("atom.add.acq_rel.gpu.global.u64 %0, [%1], 1;" : "=l"(old) : "l"(ctr) : "memory");
         const unsigned long long target = (old / G + 1) * G;
         unsigned long long cur;
         do {
