@@ -35,7 +35,9 @@
 // (MS_XSEG warps per row, each a segment of DH), and out_proj rows [b*nout, ...) (all workers on
 // one row, a 16-byte chunk per thread, partial sums kept per warp and added once at the end).
 // Phases that read what other blocks wrote are separated by a grid-wide barrier (three in all) on
-// a 64-bit counter that only grows: every launch on one counter must use the same grid.
+// a 64-bit counter that only grows: every launch on one counter must use the same grid. The
+// launch is cooperative (src/gpu/device.rs): if the blocks could not all be resident at once it
+// fails with an error rather than hang at the first barrier.
 // The states are read before griddepcontrol.wait (see the worker section): an exception to the
 // rule in common.cuh that holds because nothing in a decode step before this kernel writes them.
 // The host checks what the layout needs (`mamba_step_fits`): DI % 8, DH % 8, R % 8, R <= 256,

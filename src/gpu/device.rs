@@ -191,6 +191,10 @@ const PDL_KERNELS: &[&str] = &[
     "gemv_m8",
 ];
 
+/// Kernels with grid-wide barriers, launched cooperatively: the driver then guarantees that every
+/// block is resident at once, or fails the launch with an error instead of letting it hang.
+const COOPERATIVE_KERNELS: &[&str] = &["mamba_step"];
+
 /// Dynamic shared memory any kernel may use without opting in.
 const DEFAULT_SMEM: usize = 48 << 10;
 
@@ -324,14 +328,22 @@ impl Gpu {
         // SAFETY: f is a live function of the loaded module; ptrs[..n] point at argument values
         // that outlive the call (cuLaunchKernel copies them before returning); the kernel's
         // signature matches the pushed arguments (each wrapper in src/gpu/kernels/ mirrors one kernel).
-        let r = if pdl && self.pdl {
-            let mut attr = sys::CUlaunchAttribute {
-                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-                pad: [0; 4],
-                // SAFETY: the value union is plain data; zero is a valid bit pattern for it.
-                value: unsafe { std::mem::zeroed() },
-            };
-            attr.value.programmaticStreamSerializationAllowed = 1;
+        let cooperative = COOPERATIVE_KERNELS.contains(&name);
+        let r = if (pdl && self.pdl) || cooperative {
+            // SAFETY (both): the value union is plain data; zero is a valid bit pattern for it.
+            let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+            let mut n_attrs = 0;
+            if pdl && self.pdl {
+                attrs[n_attrs].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attrs[n_attrs].value.programmaticStreamSerializationAllowed = 1;
+                n_attrs += 1;
+            }
+            if cooperative {
+                // Every block resident at once, or the launch fails (no grid barrier can hang).
+                attrs[n_attrs].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+                attrs[n_attrs].value.cooperative = 1;
+                n_attrs += 1;
+            }
             let config = sys::CUlaunchConfig {
                 gridDimX: grid.0,
                 gridDimY: grid.1,
@@ -341,10 +353,10 @@ impl Gpu {
                 blockDimZ: 1,
                 sharedMemBytes: smem,
                 hStream: self.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
+                attrs: attrs.as_mut_ptr(),
+                numAttrs: n_attrs as u32,
             };
-            // SAFETY: as for cuLaunchKernel below; `config` and `attr` live across the call, and
+            // SAFETY: as for cuLaunchKernel below; `config` and `attrs` live across the call, and
             // the kernel calls pdl_wait before touching memory other kernels use (PDL_KERNELS).
             unsafe { sys::cuLaunchKernelEx(&config, f, ptrs.as_mut_ptr(), std::ptr::null_mut()) }.result()
         } else {
