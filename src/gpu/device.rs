@@ -334,7 +334,8 @@ impl Gpu {
             let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
             let mut n_attrs = 0;
             if pdl && self.pdl {
-                attrs[n_attrs].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+                attrs[n_attrs].id =
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
                 attrs[n_attrs].value.programmaticStreamSerializationAllowed = 1;
                 n_attrs += 1;
             }

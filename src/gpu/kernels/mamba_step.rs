@@ -113,18 +113,27 @@ impl Gpu {
     }
 
     /// Launches `mamba_step` for one sequence (entry 0 of `meta`) over one block per SM. `args`
-    /// carries every address; this fills in `entry_slot` and the widths;
-    /// `barrier` is the 8-byte grid-barrier counter (zeroed once, then only ever used by launches
-    /// of this grid size). Fails with a clear error where the kernel does not apply.
+    /// carries every address (this fills in `entry_slot` and the widths from `d`); `barrier` is
+    /// the 8-byte grid-barrier counter (zeroed once, then only ever used by launches of this grid
+    /// size). Fails with a clear error where the kernel does not apply or a buffer is misaligned.
     pub fn mamba_step(&self, args: &MambaStepArgs, d: &StepDims, meta: &BatchMeta) -> Result<()> {
         if !self.mamba_step_runs(d) {
             return Err(ZambaError::InvalidInput(format!(
                 "mamba_step does not take these widths on this GPU: {d:?}"
             )));
         }
-        let aligned = [args.xz, args.x_proj, args.dt_proj, args.out_proj, args.y, args.xc]
-            .iter()
-            .all(|p| p % 16 == 0);
+        // 16-byte loads and TMA copies of the weights, and 16-byte loads of xc, xdbl and y.
+        let aligned = [
+            args.xz,
+            args.x_proj,
+            args.dt_proj,
+            args.out_proj,
+            args.y,
+            args.xc,
+            args.xdbl,
+        ]
+        .iter()
+        .all(|p| p % 16 == 0);
         if !aligned || args.barrier % 8 != 0 {
             return Err(ZambaError::InvalidInput(
                 "mamba_step needs 16-byte aligned weights and activations".into(),
