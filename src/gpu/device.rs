@@ -330,7 +330,8 @@ impl Gpu {
         // signature matches the pushed arguments (each wrapper in src/gpu/kernels/ mirrors one kernel).
         let cooperative = COOPERATIVE_KERNELS.contains(&name);
         let r = if (pdl && self.pdl) || cooperative {
-            // SAFETY (both): the value union is plain data; zero is a valid bit pattern for it.
+            // SAFETY: all zero bytes is a valid CUlaunchAttribute: its id enum has 0
+            // (CU_LAUNCH_ATTRIBUTE_IGNORE), and the padding and the value union are plain integers.
             let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
             let mut n_attrs = 0;
             if pdl && self.pdl {
