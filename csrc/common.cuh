@@ -45,6 +45,20 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
 }
 
+// Dot product of two 16-byte chunks of eight bf16 values, in fp32: for each of the four bf16x2
+// pairs in turn, s = x.lo·y.lo + (x.hi·y.hi + s) as two fmas (a test models this order exactly).
+__device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
+    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&a);
+    const __nv_bfloat162* q = reinterpret_cast<const __nv_bfloat162*>(&b);
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const float2 x = __bfloat1622float2(p[i]), y = __bfloat1622float2(q[i]);
+        s = fmaf(x.x, y.x, fmaf(x.y, y.y, s));
+    }
+    return s;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -138,17 +138,6 @@ __device__ __forceinline__ void ms_grid_sync(unsigned long long* ctr, unsigned G
     ms_workers_sync();
 }
 
-__device__ __forceinline__ float ms_dot8(const uint4& a, const uint4& b) {
-    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&a);
-    const __nv_bfloat162* q = reinterpret_cast<const __nv_bfloat162*>(&b);
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 x = __bfloat1622float2(p[i]), y = __bfloat1622float2(q[i]);
-        s = fmaf(x.x, y.x, fmaf(x.y, y.y, s));
-    }
-    return s;
-}
 #endif
 
 extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStepArgs a) {
@@ -269,7 +258,7 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
         const uint4* wrow = reinterpret_cast<const uint4*>(xw + (size_t)rl * a.DH);
         const uint4* xrow = xs + (size_t)((r0 + rl) / XR - h0) * xchunks;
         float acc = 0.f;
-        for (int k = sg * xseg + lane; k < min(xchunks, (sg + 1) * xseg); k += 32) acc += ms_dot8(wrow[k], xrow[k]);
+        for (int k = sg * xseg + lane; k < min(xchunks, (sg + 1) * xseg); k += 32) acc += dot8_bf16(wrow[k], xrow[k]);
         acc = warp_sum(acc);
         if (lane == 0) px[task] = acc;
     }
@@ -293,8 +282,8 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
             const uint4* wr = reinterpret_cast<const uint4*>(dw + (size_t)cl * a.R);
             const uint4* xv = reinterpret_cast<const uint4*>(xd);
             const int r8 = a.R / 8;
-            if (n < r8) dot += ms_dot8(wr[n], xv[n]);
-            if (n + 16 < r8) dot += ms_dot8(wr[n + 16], xv[n + 16]);
+            if (n < r8) dot += dot8_bf16(wr[n], xv[n]);
+            if (n + 16 < r8) dot += dot8_bf16(wr[n + 16], xv[n + 16]);
             B = to_f(xd[a.R + n]);
             C = to_f(xd[a.R + MS_N + n]);
             u = us[cl];
@@ -327,7 +316,7 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
             ms_mbar_wait(bars + 2 + i, 0);
         else
             ms_wait_groups<MS_STAGES - 1>();
-        float acc = row_thread ? ms_dot8(ring[(size_t)s * kch + tid], yv) : 0.f;
+        float acc = row_thread ? dot8_bf16(ring[(size_t)s * kch + tid], yv) : 0.f;
         acc = warp_sum(acc);  // uses the stage's value: only then is the stage refilled
         if (lane == 0) po[i * MS_WARPS + warp] = acc;
         if (row_thread && i + MS_STAGES < no)

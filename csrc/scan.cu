@@ -257,18 +257,6 @@ extern "C" __global__ void ssm_decode(ScanArgs a, const int* entry_slot,
 #define DEC_WARPS 8
 #define DEC_EB 4
 
-__device__ __forceinline__ float dot8_bf16(const uint4& a, const uint4& b) {
-    const __nv_bfloat162* p = reinterpret_cast<const __nv_bfloat162*>(&a);
-    const __nv_bfloat162* q = reinterpret_cast<const __nv_bfloat162*>(&b);
-    float s = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 x = __bfloat1622float2(p[i]), y = __bfloat1622float2(q[i]);
-        s = fmaf(x.x, y.x, fmaf(x.y, y.y, s));
-    }
-    return s;
-}
-
 extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32)
     ssm_decode_dt(ScanArgs a, const bf16* dt_proj, const int* entry_slot,
                   int B, float* ssm_state, bf16* y) {
