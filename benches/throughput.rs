@@ -5,16 +5,17 @@
 //! Zamba-7B-v1's shapes on the GPU. Without a GPU it says so and measures nothing.
 //! Criterion reports decode as bytes of weights read per second (compare with the copy bandwidth
 //! that `zamba-run bench` measures), prefill as tokens per second, the in_proj GEMV (cuBLAS and our
-//! two kernels) as bytes per second and the flash prefill attention as FLOPs ("elements") per
-//! second.
+//! two kernels) and the fused one-token Mamba mixer (`mamba_step`, sm_90) as bytes of weights per
+//! second, and the flash prefill attention as FLOPs ("elements") per second.
 
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use zamba::bench::decode_weight_bytes;
 use zamba::gpu::attention::{self, Dims};
-use zamba::gpu::batch::Entry;
+use zamba::gpu::batch::{BatchBuffers, Entry};
 use zamba::gpu::gemm::{self, Blas, Gemm};
+use zamba::gpu::kernels::{MambaStepArgs, StepDims};
 use zamba::gpu::mem::DeviceBuf;
 use zamba::gpu::{GemvMode, GpuModel, GpuOptions};
 use zamba::model::{Model, SeqInput};
@@ -168,7 +169,112 @@ fn kernel_benches(c: &mut Criterion) {
             gpu.sync().unwrap();
         })
     });
+    mamba_step_bench(&gpu, &mut g);
     g.finish();
+}
+
+/// `mamba_step` at the 7B widths (one Mamba layer's conv update, x_proj, dt_proj, state update and
+/// out_proj for one token): throughput in bytes of the weights it reads (x_proj, dt_proj,
+/// out_proj: 62.4 MB), four weight sets rotating so that L2 never holds them. Skipped where the
+/// kernel does not run (before sm_90).
+fn mamba_step_bench(
+    gpu: &zamba::gpu::Gpu,
+    g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
+) {
+    let d = StepDims {
+        di: 7424,
+        dh: 3712,
+        nh: 2,
+        r: 232,
+        k: 4,
+        h: 3712,
+        d_state: 16,
+    };
+    if !gpu.mamba_step_runs(&d) {
+        eprintln!("mamba_step bench skipped: the kernel needs sm_90");
+        return;
+    }
+    let xrows = d.nh * (d.r + 2 * d.d_state);
+    let weight_elems = [xrows * d.dh, d.di * d.r, d.h * d.di];
+    let bf16 = |n: usize, seed: u64, scale: f32| {
+        let b = DeviceBuf::new(n * 2, "bench").unwrap();
+        gpu.fill_uniform_bf16(b.ptr(), n, seed, 0.0, scale).unwrap();
+        b
+    };
+    let f32b = |n: usize, seed: u64, offset: f32, scale: f32| {
+        let b = DeviceBuf::new(n * 4, "bench").unwrap();
+        gpu.fill_uniform_f32(b.ptr(), n, seed, offset, scale).unwrap();
+        b
+    };
+    let sets: Vec<[DeviceBuf; 3]> = (0..4u64)
+        .map(|i| {
+            [
+                bf16(weight_elems[0], 10 * i + 1, 0.02),
+                bf16(weight_elems[1], 10 * i + 2, 0.05),
+                bf16(weight_elems[2], 10 * i + 3, 0.02),
+            ]
+        })
+        .collect();
+    let (xz, conv_state) = (bf16(2 * d.di, 41, 1.0), bf16((d.k - 1) * d.di, 42, 1.0));
+    let (conv_w, conv_b) = (f32b(d.di * d.k, 43, 0.0, 0.5), f32b(d.di, 44, 0.0, 0.1));
+    // A = -exp(A_log) in [-15, -1], D about 1, dt_bias in [-5, -2]: the 7B model's ranges.
+    let (a, dd, dt_bias) = (
+        f32b(d.di * 16, 45, -8.0, 7.0),
+        f32b(d.di, 46, 1.0, 0.2),
+        f32b(d.di, 47, -3.5, 1.5),
+    );
+    let (ssm_state, h) = (f32b(d.di * 16, 48, 0.0, 0.5), f32b(d.h, 49, 0.0, 1.0));
+    let (xc, xdbl, y) = (
+        DeviceBuf::new(d.di * 2, "bench").unwrap(),
+        DeviceBuf::new(xrows * 2, "bench").unwrap(),
+        DeviceBuf::new(d.di * 2, "bench").unwrap(),
+    );
+    let barrier = DeviceBuf::zeroed(8, "bench").unwrap();
+    let mut batch = BatchBuffers::new(1, 1).unwrap();
+    let e = Entry {
+        slot: 0,
+        start: 0,
+        len: 1,
+        past: 0,
+    };
+    batch.upload(gpu, &[e], &[0]).unwrap();
+    let bytes: usize = weight_elems.iter().sum::<usize>() * 2;
+    g.throughput(Throughput::Bytes(bytes as u64));
+    let mut i = 0;
+    g.bench_function("mamba_step_7b", |b| {
+        b.iter(|| {
+            i = (i + 1) % sets.len();
+            let args = MambaStepArgs {
+                xz: xz.ptr(),
+                conv_state: conv_state.ptr(),
+                conv_w: conv_w.ptr(),
+                conv_b: conv_b.ptr(),
+                xc: xc.ptr(),
+                x_proj: sets[i][0].ptr(),
+                xdbl: xdbl.ptr(),
+                dt_proj: sets[i][1].ptr(),
+                a: a.ptr(),
+                d: dd.ptr(),
+                dt_bias: dt_bias.ptr(),
+                ssm_state: ssm_state.ptr(),
+                y: y.ptr(),
+                out_proj: sets[i][2].ptr(),
+                h: h.ptr(),
+                entry_slot: 0,
+                barrier: barrier.ptr(),
+                di: 0,
+                dh: 0,
+                nh: 0,
+                r: 0,
+                k: 0,
+                hsize: 0,
+                _pad0: 0,
+                _pad1: 0,
+            };
+            gpu.mamba_step(&args, &d, &batch.meta).unwrap();
+            gpu.sync().unwrap();
+        })
+    });
 }
 
 criterion_group!(benches, model_benches, kernel_benches);
