@@ -181,15 +181,8 @@ fn mamba_step_bench(
     gpu: &zamba::gpu::Gpu,
     g: &mut criterion::BenchmarkGroup<criterion::measurement::WallTime>,
 ) {
-    let d = StepDims {
-        di: 7424,
-        dh: 3712,
-        nh: 2,
-        r: 232,
-        k: 4,
-        h: 3712,
-        d_state: 16,
-    };
+    let cfg = ZambaConfig::from_json_str(r#"{"model_type": "zamba"}"#).expect("config");
+    let d = StepDims::of(&cfg);
     if !gpu.mamba_step_runs(&d) {
         eprintln!("mamba_step bench skipped: the kernel needs sm_90");
         return;
@@ -260,16 +253,7 @@ fn mamba_step_bench(
                 y: y.ptr(),
                 out_proj: sets[i][2].ptr(),
                 h: h.ptr(),
-                entry_slot: 0,
                 barrier: barrier.ptr(),
-                di: 0,
-                dh: 0,
-                nh: 0,
-                r: 0,
-                k: 0,
-                hsize: 0,
-                _pad0: 0,
-                _pad1: 0,
             };
             gpu.mamba_step(&args, &d, &batch.meta).unwrap();
             gpu.sync().unwrap();

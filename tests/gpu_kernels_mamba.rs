@@ -10,12 +10,12 @@
 mod common;
 
 use common::gpu::{
-    batch_buffers, down_bf16, down_f32, entries, poisoned, rb, up_bf16, up_f32, BF16_RTOL, DH, DI, K, N, NH,
-    R, XR,
+    batch_buffers, down_bf16, down_f32, entries, poisoned, rb, scan_params, up_bf16, up_f32, BF16_RTOL, DH,
+    DI, K, N, NH, R, XR,
 };
 use common::{assert_close, gpu_or_skip, Rng};
 use half::bf16;
-use zamba::cpu::mamba::{causal_conv1d_silu, selective_scan, ScanParams};
+use zamba::cpu::mamba::{causal_conv1d_silu, selective_scan};
 use zamba::gpu::kernels::ScanArgs;
 
 #[test]
@@ -224,14 +224,7 @@ fn selective_scan_prefill_and_decode() {
         .unwrap();
     let got = down_bf16(&g, y.ptr(), m * DI);
     let got_state = down_f32(&g, dstate.ptr(), 4 * DI * N);
-    let p = ScanParams {
-        a: &a,
-        d: &d,
-        dt_bias: &dt_bias,
-        n_heads: NH,
-        d_state: N,
-        dt_rank: R,
-    };
+    let p = scan_params(&a, &d, &dt_bias);
     let sz = DI * N;
     let mut states = state0.clone();
     for e in &es {
@@ -346,14 +339,7 @@ fn ssm_decode_with_fused_dt_proj() {
     let (da, dd, dbias) = (up_f32(&g, &a), up_f32(&g, &d), up_f32(&g, &dt_bias));
     let mut states = rng.f32_vec(SLOTS * sz, -0.5, 0.5);
     let dstate = up_f32(&g, &states);
-    let p = ScanParams {
-        a: &a,
-        d: &d,
-        dt_bias: &dt_bias,
-        n_heads: NH,
-        d_state: N,
-        dt_rank: R,
-    };
+    let p = scan_params(&a, &d, &dt_bias);
     // Two entry groups of the kernel (8 per block), an odd count, scattered slots; then batch 1
     // continuing from the states the first step wrote.
     let steps: [&[usize]; 2] = [&[5, 0, 12, 3, 9, 1, 14, 7, 2, 10, 6], &[12]];

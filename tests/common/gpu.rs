@@ -3,6 +3,7 @@
 //! device-side metadata.
 
 use half::bf16;
+use zamba::cpu::mamba::ScanParams;
 use zamba::gpu::batch::{BatchBuffers, Entry};
 use zamba::gpu::mem::DeviceBuf;
 use zamba::gpu::Gpu;
@@ -63,6 +64,18 @@ pub fn down_f32(g: &Gpu, d: u64, n: usize) -> Vec<f32> {
     let mut b = vec![0f32; n];
     g.dtoh(d, &mut b).unwrap();
     b
+}
+
+/// The selective-scan parameters of the CPU reference at these sizes.
+pub fn scan_params<'a>(a: &'a [f32], d: &'a [f32], dt_bias: &'a [f32]) -> ScanParams<'a> {
+    ScanParams {
+        a,
+        d,
+        dt_bias,
+        n_heads: NH,
+        d_state: N,
+        dt_rank: R,
+    }
 }
 
 pub fn rb(x: f32) -> f32 {

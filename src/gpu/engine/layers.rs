@@ -92,16 +92,7 @@ impl GpuModel {
                     y: ws.y.ptr(),
                     out_proj: lw.out_proj,
                     h: ws.h.ptr(),
-                    entry_slot: 0,
                     barrier: ws.grid_sync.ptr(),
-                    di: 0,
-                    dh: 0,
-                    nh: 0,
-                    r: 0,
-                    k: 0,
-                    hsize: 0,
-                    _pad0: 0,
-                    _pad1: 0,
                 };
                 g.mamba_step(&args, dims, &meta)?;
                 continue;

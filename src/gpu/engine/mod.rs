@@ -125,15 +125,7 @@ impl GpuModel {
         let batch = BatchBuffers::new(opts.max_tokens, opts.slots)?;
         let ws = Workspace::new(&cfg, opts.max_tokens, opts.slots, ctx)?;
         gpu.sync()?;
-        let dims = StepDims {
-            di: cfg.d_inner(),
-            dh: cfg.mamba_head_dim(),
-            nh: cfg.n_mamba_heads,
-            r: cfg.mamba_dt_rank,
-            k: cfg.mamba_d_conv,
-            h: cfg.hidden_size,
-            d_state: cfg.mamba_d_state,
-        };
+        let dims = StepDims::of(&cfg);
         let fused_on = std::env::var("ZAMBA_FUSED_STEP").map_or(true, |v| v != "0");
         let step_dims = (fused_on && gpu.mamba_step_runs(&dims)).then_some(dims);
         Ok(GpuModel {

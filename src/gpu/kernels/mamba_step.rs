@@ -3,6 +3,7 @@
 //! persistent kernel, for decode at batch 1 on sm_90.
 
 use super::{i, BatchMeta};
+use crate::config::ZambaConfig;
 use crate::error::{Result, ZambaError};
 use crate::gpu::device::{Args, Gpu};
 
@@ -31,41 +32,85 @@ pub struct StepDims {
     pub d_state: usize,
 }
 
-/// Mirrors `MambaStepArgs` in csrc/mamba_step.cu (field order and C layout must match).
-#[repr(C)]
+impl StepDims {
+    /// The widths of `cfg`'s Mamba layers.
+    pub fn of(cfg: &ZambaConfig) -> Self {
+        StepDims {
+            di: cfg.d_inner(),
+            dh: cfg.mamba_head_dim(),
+            nh: cfg.n_mamba_heads,
+            r: cfg.mamba_dt_rank,
+            k: cfg.mamba_d_conv,
+            h: cfg.hidden_size,
+            d_state: cfg.mamba_d_state,
+        }
+    }
+}
+
+/// The buffers of one `mamba_step` launch (device addresses; shapes as in csrc/mamba_step.cu).
 #[derive(Clone, Copy, Debug)]
 pub struct MambaStepArgs {
+    /// in_proj's output `[2·DI]` (x, then z).
     pub xz: u64,
+    /// The conv states `[slots, K-1, DI]` (bf16), weight `[DI, K]` and bias `[DI]` (fp32).
     pub conv_state: u64,
     pub conv_w: u64,
     pub conv_b: u64,
+    /// Scratch: the conv output `[DI]`, x_proj's output `[NH, XR]` and the mixer output `[DI]`.
     pub xc: u64,
-    pub x_proj: u64,
     pub xdbl: u64,
+    pub y: u64,
+    /// Weights: x_proj `[NH, XR, DH]`, dt_proj `[DI, R]`, out_proj `[H, DI]` (bf16).
+    pub x_proj: u64,
     pub dt_proj: u64,
+    pub out_proj: u64,
+    /// A `[DI, N]`, D `[DI]`, dt_bias `[DI]` (fp32); the SSM states `[slots, DI, N]` (fp32).
     pub a: u64,
     pub d: u64,
     pub dt_bias: u64,
     pub ssm_state: u64,
-    pub y: u64,
-    pub out_proj: u64,
+    /// The fp32 residual stream `[H]`, added to.
     pub h: u64,
-    pub entry_slot: u64,
+    /// The 8-byte grid-barrier counter (zeroed once, then only used by launches of one grid).
     pub barrier: u64,
-    pub di: i32,
-    pub dh: i32,
-    pub nh: i32,
-    pub r: i32,
-    pub k: i32,
-    pub hsize: i32,
-    pub _pad0: i32,
-    pub _pad1: i32,
+}
+
+/// The kernel's argument: mirrors `MambaStepArgs` in csrc/mamba_step.cu (field order and C
+/// layout must match).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct KernelArgs {
+    xz: u64,
+    conv_state: u64,
+    conv_w: u64,
+    conv_b: u64,
+    xc: u64,
+    x_proj: u64,
+    xdbl: u64,
+    dt_proj: u64,
+    a: u64,
+    d: u64,
+    dt_bias: u64,
+    ssm_state: u64,
+    y: u64,
+    out_proj: u64,
+    h: u64,
+    entry_slot: u64,
+    barrier: u64,
+    di: i32,
+    dh: i32,
+    nh: i32,
+    r: i32,
+    k: i32,
+    hsize: i32,
+    pad0: i32,
+    pad1: i32,
 }
 
 /// The dynamic shared memory of `mamba_step` over `grid` blocks: the ring of STAGES out_proj
-/// rows, the block's x_proj rows and dt_proj rows (bf16), xc and xdbl staged, its conv outputs (fp32, rounded up to
-/// 4), the x_proj and out_proj partial sums, and the mbarriers of the TMA copies (x_proj,
-/// dt_proj, each ring row). The same carve-up as the kernel's.
+/// rows, the block's x_proj rows and dt_proj rows (bf16), xc and xdbl staged, its conv outputs
+/// (fp32, rounded up to 4), the x_proj and out_proj partial sums, and the mbarriers of the TMA
+/// copies (x_proj, dt_proj, each ring row). The same carve-up as the kernel's.
 pub fn mamba_step_smem(d: &StepDims, grid: usize) -> usize {
     let g = grid.max(1);
     let xrows = d.nh * (d.r + 2 * D_STATE);
@@ -112,10 +157,9 @@ impl Gpu {
         self.tma && mamba_step_fits(d, self.sm_count, self.smem_limit("mamba_step"))
     }
 
-    /// Launches `mamba_step` for one sequence (entry 0 of `meta`) over one block per SM. `args`
-    /// carries every address (this fills in `entry_slot` and the widths from `d`); `barrier` is
-    /// the 8-byte grid-barrier counter (zeroed once, then only ever used by launches of this grid
-    /// size). Fails with a clear error where the kernel does not apply or a buffer is misaligned.
+    /// Launches `mamba_step` for one sequence (entry 0 of `meta`) with the buffers of `args` and
+    /// the widths `d`, over one block per SM. Fails with a clear error where the kernel does not
+    /// apply or a buffer is misaligned.
     pub fn mamba_step(&self, args: &MambaStepArgs, d: &StepDims, meta: &BatchMeta) -> Result<()> {
         if !self.mamba_step_runs(d) {
             return Err(ZambaError::InvalidInput(format!(
@@ -139,14 +183,33 @@ impl Gpu {
                 "mamba_step needs 16-byte aligned weights and activations".into(),
             ));
         }
-        let mut full = *args;
-        full.entry_slot = meta.entry_slot;
-        full.di = i(d.di);
-        full.dh = i(d.dh);
-        full.nh = i(d.nh);
-        full.r = i(d.r);
-        full.k = i(d.k);
-        full.hsize = i(d.h);
+        let full = KernelArgs {
+            xz: args.xz,
+            conv_state: args.conv_state,
+            conv_w: args.conv_w,
+            conv_b: args.conv_b,
+            xc: args.xc,
+            x_proj: args.x_proj,
+            xdbl: args.xdbl,
+            dt_proj: args.dt_proj,
+            a: args.a,
+            d: args.d,
+            dt_bias: args.dt_bias,
+            ssm_state: args.ssm_state,
+            y: args.y,
+            out_proj: args.out_proj,
+            h: args.h,
+            entry_slot: meta.entry_slot,
+            barrier: args.barrier,
+            di: i(d.di),
+            dh: i(d.dh),
+            nh: i(d.nh),
+            r: i(d.r),
+            k: i(d.k),
+            hsize: i(d.h),
+            pad0: 0,
+            pad1: 0,
+        };
         let mut a = Args::new();
         a.push(full);
         let smem = mamba_step_smem(d, self.sm_count);
@@ -177,7 +240,7 @@ mod tests {
     }
 
     /// At the 7B widths on an H200 (132 SMs, 227 KB per block) the kernel fits; on fewer than
-    /// 116 SMs a block would hold more than 64 channels; other widths it does not take.
+    /// 120 SMs a block would hold more than 62 channels; other widths it does not take.
     #[test]
     fn fits_at_the_7b_size() {
         let d = zamba7b();
@@ -190,9 +253,9 @@ mod tests {
         assert!(!mamba_step_fits(&d, 132, 160 << 10));
     }
 
-    /// MambaStepArgs is the C struct's size: 17 addresses and 8 ints.
+    /// KernelArgs is the C struct's size: 17 addresses and 8 ints.
     #[test]
     fn args_layout() {
-        assert_eq!(std::mem::size_of::<MambaStepArgs>(), 17 * 8 + 8 * 4);
+        assert_eq!(std::mem::size_of::<KernelArgs>(), 17 * 8 + 8 * 4);
     }
 }
