@@ -6,7 +6,6 @@
 #include "common.cuh"
 
 #define MAX_HD 512
-#define DEC_WARPS 4
 
 // Appends each row's k and v to its sequence's cache at position entry_past[e] + (m - entry_start[e]).
 // Each thread copies 8 consecutive elements (one 16-byte load and store for k and for v): needs
@@ -45,12 +44,14 @@ extern "C" __global__ void kv_append(const bf16* qkv, int ldqkv, int q_width,
 // two per key. With one key at a time (32 dependent steps per warp in a 128-key split) kv_append
 // and the attention cost 43 us per hybrid layer in the batch-1 decode graph on the H200, 7% of a
 // step; with 4 keys, 16 us (BENCHMARKS.md, fifth session).
-// Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS.
+// Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS: attn_decode 4 warps, attn_decode_w8 8
+// (the host takes 8 for a few sequences: half the dependent steps per warp).
 #define DEC_KEYS 4
-extern "C" __global__ void __launch_bounds__(32 * DEC_WARPS)
-attn_decode(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
-            const int* seq_len, float* part_acc, float* part_ml, int NA, int NKV, int HD, int ctx,
-            int split_len, float scale) {
+template <int DEC_WARPS>
+__device__ __forceinline__ void attn_decode_body(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc,
+                                                 const int* entry_slot, const int* seq_len, float* part_acc,
+                                                 float* part_ml, int NA, int NKV, int HD, int ctx, int split_len,
+                                                 float scale) {
     pdl_enter();  // first: every access below may depend on the previous kernel
     const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -148,28 +149,88 @@ attn_decode(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const in
     if (threadIdx.x == 0) { part_ml[part * 2] = M; part_ml[part * 2 + 1] = L; }
 }
 
+extern "C" __global__ void __launch_bounds__(128)
+attn_decode(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
+            const int* seq_len, float* part_acc, float* part_ml, int NA, int NKV, int HD, int ctx,
+            int split_len, float scale) {
+    attn_decode_body<4>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, NA, NKV, HD, ctx, split_len,
+                        scale);
+}
+extern "C" __global__ void __launch_bounds__(256)
+attn_decode_w8(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
+               const int* seq_len, float* part_acc, float* part_ml, int NA, int NKV, int HD, int ctx,
+               int split_len, float scale) {
+    attn_decode_body<8>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, NA, NKV, HD, ctx, split_len,
+                        scale);
+}
+
 // Flash-decoding, step 2: out[b, h*HD + d] = sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M),
-// M = max_s m_s, over the splits that saw keys. Launch: grid (NA, B), block 128.
-extern "C" __global__ void attn_decode_combine(const float* part_acc,
-                                               const float* part_ml, bf16* out,
-                                               int ldo, int NA, int HD, int n_splits) {
+// M = max_s m_s, over the splits that saw keys (m_s = -inf: none).
+// Block (h, b), COMB_THREADS threads. Warp 0 finds M and 1/L first. Then thread t takes the
+// 4-float column chunk j = t % (HD/4) of split group g = t / (HD/4) (G = COMB_THREADS / (HD/4)
+// groups) and sums splits g, g + G, ..., whose loads are independent of each other, so that the
+// block waits for a few L2 round trips, not one per split (one thread per column walking all
+// splits took 60 us under ncu at 32 splits, context 4000). The G group sums meet in shared memory.
+// Needs HD % 4 == 0 and HD / 4 <= COMB_THREADS (HD % 8 == 0 and HD <= MAX_HD: the host checks).
+// Launch: grid (NA, B), block COMB_THREADS.
+#define COMB_THREADS 1024
+extern "C" __global__ void __launch_bounds__(COMB_THREADS)
+attn_decode_combine(const float* part_acc, const float* part_ml, bf16* out, int ldo, int NA, int HD, int n_splits) {
     pdl_enter();  // first: every access below may depend on the previous kernel
+    __shared__ float4 red[COMB_THREADS];
+    __shared__ float stats[2];
     const int h = blockIdx.x, b = blockIdx.y;
     const size_t p0 = ((size_t)b * NA + h) * n_splits;
-    float M = -INFINITY;
-    for (int s = 0; s < n_splits; ++s) M = fmaxf(M, part_ml[(p0 + s) * 2]);
-    float L = 0.f;
-    for (int s = 0; s < n_splits; ++s) {
-        const float ms = part_ml[(p0 + s) * 2];
-        if (ms != -INFINITY) L += part_ml[(p0 + s) * 2 + 1] * expf(ms - M);
-    }
-    const float inv = 1.f / L;
-    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
-        float a = 0.f;
-        for (int s = 0; s < n_splits; ++s) {
-            const float ms = part_ml[(p0 + s) * 2];
-            if (ms != -INFINITY) a += part_acc[(p0 + s) * HD + d] * expf(ms - M);
+    const float2* ml = reinterpret_cast<const float2*>(part_ml) + p0;
+    if (threadIdx.x < 32) {
+        float M = -INFINITY;
+        for (int s = threadIdx.x; s < n_splits; s += 32) M = fmaxf(M, ml[s].x);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int s = threadIdx.x; s < n_splits; s += 32) {
+            const float2 v = ml[s];
+            if (v.x != -INFINITY) L += v.y * expf(v.x - M);
         }
-        out[(size_t)b * ldo + h * HD + d] = to_bf(a * inv);
+        L = warp_sum(L);
+        if (threadIdx.x == 0) {
+            stats[0] = M;
+            stats[1] = 1.f / L;
+        }
+    }
+    __syncthreads();
+    const int nc = HD / 4, groups = COMB_THREADS / nc;
+    const int j = threadIdx.x % nc, grp = threadIdx.x / nc;
+    const float M = stats[0];
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (grp < groups) {
+        const float4* acc = reinterpret_cast<const float4*>(part_acc + p0 * HD) + j;
+#pragma unroll 4
+        for (int s = grp; s < n_splits; s += groups) {
+            const float ms = ml[s].x;
+            const float4 v = acc[(size_t)s * nc];
+            const float w = ms == -INFINITY ? 0.f : expf(ms - M);
+            a.x += v.x * w;
+            a.y += v.y * w;
+            a.z += v.z * w;
+            a.w += v.w * w;
+        }
+    }
+    red[threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.x < nc) {
+        float4 t = red[j];
+        for (int g = 1; g < groups; ++g) {
+            const float4 v = red[g * nc + j];
+            t.x += v.x;
+            t.y += v.y;
+            t.z += v.z;
+            t.w += v.w;
+        }
+        const float inv = stats[1];
+        bf16* o = out + (size_t)b * ldo + h * HD + 4 * j;
+        o[0] = to_bf(t.x * inv);
+        o[1] = to_bf(t.y * inv);
+        o[2] = to_bf(t.z * inv);
+        o[3] = to_bf(t.w * inv);
     }
 }

@@ -24,25 +24,6 @@ struct ScanArgs {
     int DI, DH, NH, R;
 };
 
-// One timestep t of channel c, the form decode uses (ssm_decode): updates the state s in place and
-// writes y[t, c].
-__device__ __forceinline__ void scan_step(const ScanArgs& a, int c, int t, float* s, bf16* y) {
-    const int h = c / a.DH;
-    const int XR = a.R + 2 * SCAN_N;
-    const float D = a.D[c], bias = a.dt_bias[c];
-    const float dt = softplus(to_f(a.dtr[(size_t)t * a.DI + c]) + bias);
-    const float u = to_f(a.u[(size_t)t * a.DI + c]);
-    const bf16* bc = a.xdbl + ((size_t)t * a.NH + h) * XR + a.R;
-    float acc = 0.f;
-#pragma unroll
-    for (int n = 0; n < SCAN_N; ++n) {
-        s[n] = expf(dt * a.A[(size_t)c * SCAN_N + n]) * s[n] + dt * to_f(bc[n]) * u;
-        acc += s[n] * to_f(bc[SCAN_N + n]);
-    }
-    const float z = to_f(a.z[(size_t)t * a.ldz + c]);
-    y[(size_t)t * a.DI + c] = to_bf((acc + D * u) * silu(z));
-}
-
 // Prefill in one pass per entry: a block of SEQ_WARPS warps owns SEQ_CH
 // consecutive channels of one entry and walks all of its tokens; 8 lanes share a channel, each
 // holding 2 of its 16 states, so the grid has DI·8 threads per entry (14 warps per SM at the 7B
@@ -212,25 +193,67 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 }
 
 // One-token state update (decode): row b is entry b's only token, continuing from its slot's
-// state, which is updated in place. The same math as above with T = 1.
-// Launch: grid (ceil(DI/128), B), block 128.
+// state, which is updated in place, with h = c / DH, dt = softplus(dtr[b, c] + dt_bias[c]):
+//   s[n] = exp(dt * A[c, n]) * s[n] + dt * B[b, h, n] * u[b, c]
+//   y[b, c] = bf16((sum_n s[n] * C[b, h, n] + D[c] * u[b, c]) * silu(z[b, c]))
+// Four lanes per channel:
+// lane q of channel c holds states 4q..4q+3 (one float4 of the state, of A, and 4 bf16 of B and
+// of C), and the four partial sums of state·C meet by two shuffles. A warp then reads 8 channels'
+// states as 512 contiguous bytes per instruction (one thread per channel with its 16 states read
+// 64-byte-strided float4s and loaded A, B and C one value at a time: 34 us per layer at batch 64,
+// 2.3x the floor of its state traffic). Lanes past DI compute nothing but take part in the
+// shuffles.
+// Launch: grid (ceil(DI / 64), B), block 256.
 extern "C" __global__ void ssm_decode(ScanArgs a, const int* entry_slot,
                                       float* ssm_state, bf16* y) {
     pdl_enter();  // first: every access below may depend on the previous kernel
-    const int c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int q = threadIdx.x & 3;
+    const int c = blockIdx.x * (blockDim.x >> 2) + (threadIdx.x >> 2);
     const int b = blockIdx.y;
-    if (c >= a.DI) return;
-    float* st = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N;
-    float s[SCAN_N];
+    const bool on = c < a.DI;
+    float acc = 0.f, u = 0.f;
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    float* st = nullptr;
+    if (on) {
+        st = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + 4 * q;
+        s = *reinterpret_cast<const float4*>(st);
+        const float4 A = *reinterpret_cast<const float4*>(a.A + (size_t)c * SCAN_N + 4 * q);
+        const int h = c / a.DH, XR = a.R + 2 * SCAN_N;
+        const bf16* bp = a.xdbl + ((size_t)b * a.NH + h) * XR + a.R + 4 * q;
+        float B[4], C[4];
+        if ((reinterpret_cast<uintptr_t>(bp) & 7) == 0) {  // 4 bf16 at once (R % 4 == 0)
+            const uint2 bv = *reinterpret_cast<const uint2*>(bp);
+            const uint2 cv = *reinterpret_cast<const uint2*>(bp + SCAN_N);
+            const bf16* bb = reinterpret_cast<const bf16*>(&bv);
+            const bf16* cb = reinterpret_cast<const bf16*>(&cv);
 #pragma unroll
-    for (int n = 0; n < SCAN_N; n += 4) {
-        const float4 v = *reinterpret_cast<const float4*>(st + n);
-        s[n] = v.x; s[n + 1] = v.y; s[n + 2] = v.z; s[n + 3] = v.w;
+            for (int i = 0; i < 4; ++i) {
+                B[i] = to_f(bb[i]);
+                C[i] = to_f(cb[i]);
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                B[i] = to_f(bp[i]);
+                C[i] = to_f(bp[SCAN_N + i]);
+            }
+        }
+        const float dt = softplus(to_f(a.dtr[(size_t)b * a.DI + c]) + a.dt_bias[c]);
+        u = to_f(a.u[(size_t)b * a.DI + c]);
+        s.x = expf(dt * A.x) * s.x + dt * B[0] * u;
+        s.y = expf(dt * A.y) * s.y + dt * B[1] * u;
+        s.z = expf(dt * A.z) * s.z + dt * B[2] * u;
+        s.w = expf(dt * A.w) * s.w + dt * B[3] * u;
+        acc = ((s.x * C[0] + s.y * C[1]) + s.z * C[2]) + s.w * C[3];
     }
-    scan_step(a, c, b, s, y);
-#pragma unroll
-    for (int n = 0; n < SCAN_N; n += 4)
-        *reinterpret_cast<float4*>(st + n) = make_float4(s[n], s[n + 1], s[n + 2], s[n + 3]);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+    if (!on) return;
+    *reinterpret_cast<float4*>(st) = s;
+    if (q == 0) {
+        const float z = to_f(a.z[(size_t)b * a.ldz + c]);
+        y[(size_t)b * a.DI + c] = to_bf((acc + a.D[c] * u) * silu(z));
+    }
 }
 
 // One-token state update with dt_proj fused in (decode): replaces the dt_proj GEMM + ssm_decode.

@@ -165,6 +165,18 @@ fn attention_prefill_and_decode_with_kv_cache() {
     attention_case(&g, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
 }
 
+/// The 4-warp flash-decoding kernel (what batches of more than a few sequences run) on the
+/// decode cases above, which run the 8-warp one.
+#[test]
+fn attention_decode_4_warps() {
+    let Some(mut g) = gpu_or_skip("flash-decoding with 4 warps") else {
+        return;
+    };
+    g.decode_4_warps = true;
+    attention_case(&g, NA, &[(1, 1, 2048), (3, 1, 332), (0, 1, 0)], 6);
+    attention_case(&g, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
+}
+
 /// The 32-key-tile flash prefill kernel (what GPUs with less shared memory per block than the
 /// H100's run) on the prefill cases above; the test above runs the 64-key one on such GPUs.
 #[test]

@@ -107,6 +107,9 @@ pub struct Gpu {
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
     /// `ZAMBA_FLASH_K32=1` sets it.
     pub flash_small_tiles: bool,
+    /// Runs flash-decoding with 4 warps per block at every batch size (what batches above
+    /// `DECODE_W8_MAX_BATCH` run), so that tests can cover both kernels. `ZAMBA_DECODE_W4=1` sets it.
+    pub decode_4_warps: bool,
     /// Streaming multiprocessors: the grid of the persistent kernels (`gemv_pipe`, `mamba_step`).
     pub sm_count: usize,
     /// The GPU has TMA bulk copies and mbarrier transaction counts (sm_90 and later), which
@@ -156,6 +159,7 @@ const KERNELS: &[&str] = &[
     "flash_attn_prefill",
     "flash_attn_prefill_k32",
     "attn_decode",
+    "attn_decode_w8",
     "attn_decode_combine",
     "argmax_rows",
     "gemv_m1",
@@ -185,6 +189,7 @@ const PDL_KERNELS: &[&str] = &[
     "mamba_step",
     "kv_append",
     "attn_decode",
+    "attn_decode_w8",
     "attn_decode_combine",
     "argmax_rows",
     "gemv_m1",
@@ -268,6 +273,7 @@ impl Gpu {
             functions,
             gemv_mode: GemvMode::from_env(),
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
+            decode_4_warps: std::env::var("ZAMBA_DECODE_W4").is_ok_and(|v| v == "1"),
             sm_count,
             pdl,
             tma: major >= 9,
