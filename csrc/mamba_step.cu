@@ -43,6 +43,7 @@
 // The host checks what the layout needs (`mamba_step_fits`): DI % 8, DH % 8, R % 8, R <= 256,
 // d_state 16, K <= 8, nch <= 62, DI / 8 <= 992, the shared memory, 16-byte aligned weights.
 #include "common.cuh"
+#include "async_copy.cuh"
 
 #define MS_THREADS 1024
 #define MS_WARPS (MS_THREADS / 32)
@@ -75,45 +76,6 @@ struct MambaStepArgs {
 };
 
 #if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ uint32_t ms_smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void ms_mbar_init(uint64_t* bar, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(ms_smem_addr(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void ms_mbar_wait(uint64_t* bar, unsigned parity) {
-    uint32_t done;
-    do {
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done)
-            : "r"(ms_smem_addr(bar)), "r"(parity)
-            : "memory");
-    } while (!done);
-}
-// One TMA bulk copy of `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
-// shared memory, completing on `bar` (told to expect the bytes first). Issued by one thread; the
-// copy engine does the rest, so no thread stalls behind it.
-__device__ __forceinline__ void ms_bulk_load(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(ms_smem_addr(bar)), "r"(bytes)
-                 : "memory");
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-            ms_smem_addr(dst)),
-        "l"(src), "r"(bytes), "r"(ms_smem_addr(bar))
-        : "memory");
-}
-// Asynchronous 16-byte copy global -> shared (cp.async, L2 only), in the thread's current group.
-__device__ __forceinline__ void ms_cp16(void* dst, const void* src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(ms_smem_addr(dst)), "l"(src) : "memory");
-}
-__device__ __forceinline__ void ms_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most N of this thread's newest groups are still in flight.
-template <int N>
-__device__ __forceinline__ void ms_wait_groups() {
-    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
-}
-
 // Barrier of the worker warps (named barrier 1; the producer warp does not take part).
 __device__ __forceinline__ void ms_workers_sync() { asm volatile("bar.sync 1, %0;" ::"n"(MS_WORKERS) : "memory"); }
 
@@ -163,7 +125,7 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
     uint64_t* bars = reinterpret_cast<uint64_t*>(po + nout * MS_WARPS);  // xw, dw, ring rows
     pdl_trigger();
     if (tid == 0) {
-        for (int b = 0; b < 2 + MS_STAGES; ++b) ms_mbar_init(bars + b, 1);
+        for (int b = 0; b < 2 + MS_STAGES; ++b) mbar_init(bars + b, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();  // the mbarriers are initialised before anyone uses them
@@ -178,16 +140,16 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
         if (lane == 0) {
             const int ncopy = 2 + min(MS_STAGES, no);
             for (int k = 0; k < ncopy; ++k) {
-                if (k >= MS_DEPTH) ms_mbar_wait(bars + k - MS_DEPTH, 0);
+                if (k >= MS_DEPTH) mbar_wait(bars + k - MS_DEPTH, 0);
                 if (k == 0) {
-                    if (xr > 0) ms_bulk_load(xw, a.x_proj + (size_t)r0 * a.DH, xr * a.DH * 2, bars);
-                    else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(ms_smem_addr(bars)) : "memory");
+                    if (xr > 0) tma_load(xw, a.x_proj + (size_t)r0 * a.DH, xr * a.DH * 2, bars);
+                    else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_addr(bars)) : "memory");
                 } else if (k == 1) {
-                    if (ch > 0) ms_bulk_load(dw, a.dt_proj + (size_t)c0 * a.R, ch * a.R * 2, bars + 1);
-                    else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(ms_smem_addr(bars + 1)) : "memory");
+                    if (ch > 0) tma_load(dw, a.dt_proj + (size_t)c0 * a.R, ch * a.R * 2, bars + 1);
+                    else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(shared_addr(bars + 1)) : "memory");
                 } else {
                     const int s = k - 2;
-                    ms_bulk_load(ring + (size_t)s * kch, a.out_proj + (size_t)(o0 + s) * a.DI, a.DI * 2, bars + k);
+                    tma_load(ring + (size_t)s * kch, a.out_proj + (size_t)(o0 + s) * a.DI, a.DI * 2, bars + k);
                 }
             }
         }
@@ -251,7 +213,7 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
     for (int k = tid; k < (h1 - h0) * a.DH / 8; k += MS_WORKERS)
         xs[k] = __ldcg(reinterpret_cast<const uint4*>(a.xc + (size_t)h0 * a.DH) + k);
     ms_workers_sync();
-    ms_mbar_wait(bars, 0);
+    mbar_wait(bars, 0);
     const int xchunks = a.DH / 8, xseg = (xchunks + MS_XSEG - 1) / MS_XSEG;
     for (int task = warp; task < xr * MS_XSEG; task += MS_WARPS - 1) {
         const int rl = task / MS_XSEG, sg = task % MS_XSEG;
@@ -274,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
     // n and n + 16 (R <= 256) and B[n], C[n], from xdbl staged in shared memory (as xc above).
     for (int k = tid; k < XROWS / 8; k += MS_WORKERS) xds[k] = __ldcg(reinterpret_cast<const uint4*>(a.xdbl) + k);
     ms_workers_sync();
-    ms_mbar_wait(bars + 1, 0);
+    mbar_wait(bars + 1, 0);
     {
         float dot = 0.f, B = 0.f, C = 0.f, u = 0.f;
         if (scan_thread) {
@@ -313,15 +275,15 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
     for (int i = 0; i < no; ++i) {
         const int s = i % MS_STAGES;
         if (i < MS_STAGES)
-            ms_mbar_wait(bars + 2 + i, 0);
+            mbar_wait(bars + 2 + i, 0);
         else
-            ms_wait_groups<MS_STAGES - 1>();
+            cp_async_wait<MS_STAGES - 1>();
         float acc = row_thread ? dot8_bf16(ring[(size_t)s * kch + tid], yv) : 0.f;
         acc = warp_sum(acc);  // uses the stage's value: only then is the stage refilled
         if (lane == 0) po[i * MS_WARPS + warp] = acc;
         if (row_thread && i + MS_STAGES < no)
-            ms_cp16(ring + (size_t)s * kch + tid, a.out_proj + (size_t)(o0 + i + MS_STAGES) * a.DI + 8 * tid);
-        ms_commit();
+            cp_async16(ring + (size_t)s * kch + tid, a.out_proj + (size_t)(o0 + i + MS_STAGES) * a.DI + 8 * tid);
+        cp_async_commit();
     }
     ms_workers_sync();
     if (tid < no) {
