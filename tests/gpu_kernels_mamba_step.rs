@@ -190,9 +190,32 @@ fn fused_mamba_step_matches_the_reference() {
     assert_eq!(count, 3 * 3 * g.sm_count as u64);
     // Widths it does not take are an error, not a launch.
     let odd = StepDims { r: 260, ..dims };
-    assert!(g
-        .mamba_step(&args0.unwrap(), &odd, &bb_last.unwrap().meta)
-        .is_err());
+    let (args0, bb) = (args0.unwrap(), bb_last.unwrap());
+    let meta = bb.meta;
+    assert!(g.mamba_step(&args0, &odd, &meta).is_err());
+    // So are buffers its 16-byte loads and copies cannot take; the barrier count shows that
+    // nothing was launched.
+    for bad in [
+        MambaStepArgs {
+            xz: args0.xz + 2,
+            ..args0
+        },
+        MambaStepArgs {
+            out_proj: args0.out_proj + 8,
+            ..args0
+        },
+        MambaStepArgs {
+            xdbl: args0.xdbl + 4,
+            ..args0
+        },
+        MambaStepArgs {
+            barrier: args0.barrier + 4,
+            ..args0
+        },
+    ] {
+        assert!(g.mamba_step(&bad, &dims, &meta).is_err());
+    }
+    assert_eq!(down_u64(&g, barrier.ptr()), count);
 }
 
 fn down_u64(g: &zamba::gpu::Gpu, d: u64) -> u64 {
