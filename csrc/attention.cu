@@ -31,12 +31,78 @@ extern "C" __global__ void kv_append(const bf16* qkv, int ldqkv, int q_width,
     *reinterpret_cast<uint4*>(vc + dst) = *reinterpret_cast<const uint4*>(src + kvw);
 }
 
+// Flash-decoding, step 2, for head h of sequence b, by one block of T threads (T a multiple of
+// 32, T >= HD / 4): out[d] = sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M), M = max_s m_s,
+// over the splits that saw keys (m_s = -inf: none). Warp 0 finds M and 1/L first; then thread t
+// takes the 4-float column chunk j = t % (HD/4) of split group g = t / (HD/4) (G = T / (HD/4)
+// groups) and sums splits g, g + G, ..., whose loads are independent of each other (one thread
+// per column walking every split in a kernel of its own took 60 us under ncu at 32 splits,
+// context 4000). The G group sums meet in `red` (T float4). Partials are read through L2
+// (__ldcg): other blocks wrote them.
+__device__ __forceinline__ void attn_combine_head(const float* acc_p, const float2* ml, bf16* o, int HD,
+                                                  int n_splits, float4* red) {
+    __shared__ float stats[2];
+    if (threadIdx.x < 32) {
+        float M = -INFINITY;
+        for (int s = threadIdx.x; s < n_splits; s += 32) M = fmaxf(M, __ldcg(ml + s).x);
+        M = warp_max(M);
+        float L = 0.f;
+        for (int s = threadIdx.x; s < n_splits; s += 32) {
+            const float2 v = __ldcg(ml + s);
+            if (v.x != -INFINITY) L += v.y * expf(v.x - M);
+        }
+        L = warp_sum(L);
+        if (threadIdx.x == 0) {
+            stats[0] = M;
+            stats[1] = 1.f / L;
+        }
+    }
+    __syncthreads();
+    const int nc = HD / 4, groups = blockDim.x / nc;
+    const int j = threadIdx.x % nc, grp = threadIdx.x / nc;
+    const float M = stats[0];
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (grp < groups) {
+        const float4* acc = reinterpret_cast<const float4*>(acc_p) + j;
+#pragma unroll 8
+        for (int s = grp; s < n_splits; s += groups) {
+            const float ms = __ldcg(ml + s).x;
+            const float4 v = __ldcg(acc + (size_t)s * nc);
+            const float w = ms == -INFINITY ? 0.f : expf(ms - M);
+            a.x += v.x * w;
+            a.y += v.y * w;
+            a.z += v.z * w;
+            a.w += v.w * w;
+        }
+    }
+    red[threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.x < nc) {
+        float4 t = red[j];
+        for (int g = 1; g < groups; ++g) {
+            const float4 v = red[g * nc + j];
+            t.x += v.x;
+            t.y += v.y;
+            t.z += v.z;
+            t.w += v.w;
+        }
+        const float inv = stats[1];
+        o[4 * j] = to_bf(t.x * inv);
+        o[4 * j + 1] = to_bf(t.y * inv);
+        o[4 * j + 2] = to_bf(t.z * inv);
+        o[4 * j + 3] = to_bf(t.w * inv);
+    }
+}
+
 // Flash-decoding, step 1: one query per sequence (row b of qkv), split over the keys. Block
 // (h, split, b) covers keys [split*split_len, min((split+1)*split_len, n_keys)) of head h, where
 // n_keys = seq_len[b] (the cache already holds this step's key). Each warp takes DEC_KEYS keys at a
 // time (warp w: keys k0 + DEC_KEYS*w + DEC_KEYS*DEC_WARPS*j + u), keeps a running max m, sum l and
 // weighted value sum acc (online softmax), and the block merges its warps. Writes unnormalised acc
-// [B, NA, n_splits, HD] and (m, l) [B, NA, n_splits, 2].
+// [B, NA, n_splits, HD] and (m, l) [B, NA, n_splits, 2]; the last block of (h, b) to finish (it
+// counts in count[b * NA + h], zero between launches) then runs step 2, attn_combine_head, into
+// out[b * ldo + h * HD ..]: one kernel where a second one cost a launch and ~3.5 us at batch 1
+// (ncu) and 21 us at batch 64. Every block reaches the count, splits without keys included.
 // Lane j owns the 8-element chunks j and j + 32 of the head dimension (HD % 8 == 0, HD <= 512)
 // and holds q's values there in registers (loaded as 16-byte chunks, like K and V: ldqkv % 8 == 0
 // and 16-byte aligned buffers, which kv_append's launcher checks for the same qkv and cache). Per group of DEC_KEYS keys a lane issues all of their K
@@ -50,8 +116,8 @@ extern "C" __global__ void kv_append(const bf16* qkv, int ldqkv, int q_width,
 template <int DEC_WARPS>
 __device__ __forceinline__ void attn_decode_body(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc,
                                                  const int* entry_slot, const int* seq_len, float* part_acc,
-                                                 float* part_ml, int NA, int NKV, int HD, int ctx, int split_len,
-                                                 float scale) {
+                                                 float* part_ml, unsigned* count, bf16* out, int ldo, int NA,
+                                                 int NKV, int HD, int ctx, int split_len, float scale) {
     pdl_enter();  // first: every access below may depend on the previous kernel
     const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z, n_splits = gridDim.y;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -147,90 +213,36 @@ __device__ __forceinline__ void attn_decode_body(const bf16* qkv, int ldqkv, con
         part_acc[part * HD + d] = a;
     }
     if (threadIdx.x == 0) { part_ml[part * 2] = M; part_ml[part * 2 + 1] = L; }
+    // The last of the head's split blocks to finish combines them. Each thread's partial writes
+    // are made visible device-wide before thread 0 counts the block in; the block that brings the
+    // count to n_splits reads them all after a fence, then resets the count for the next launch
+    // (which the stream orders after this one).
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    unsigned* cnt = count + (size_t)b * NA + h;
+    if (threadIdx.x == 0) last = atomicAdd(cnt, 1u) == (unsigned)n_splits - 1;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    const size_t p0 = ((size_t)b * NA + h) * n_splits;
+    attn_combine_head(part_acc + p0 * HD, reinterpret_cast<const float2*>(part_ml) + p0,
+                      out + (size_t)b * ldo + h * HD, HD, n_splits, reinterpret_cast<float4*>(&w_acc[0][0]));
+    if (threadIdx.x == 0) *cnt = 0;
 }
 
 extern "C" __global__ void __launch_bounds__(128)
 attn_decode(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
-            const int* seq_len, float* part_acc, float* part_ml, int NA, int NKV, int HD, int ctx,
-            int split_len, float scale) {
-    attn_decode_body<4>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, NA, NKV, HD, ctx, split_len,
-                        scale);
+            const int* seq_len, float* part_acc, float* part_ml, unsigned* count, bf16* out, int ldo,
+            int NA, int NKV, int HD, int ctx, int split_len, float scale) {
+    attn_decode_body<4>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, count, out, ldo, NA, NKV, HD,
+                        ctx, split_len, scale);
 }
 extern "C" __global__ void __launch_bounds__(256)
 attn_decode_w8(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
-               const int* seq_len, float* part_acc, float* part_ml, int NA, int NKV, int HD, int ctx,
-               int split_len, float scale) {
-    attn_decode_body<8>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, NA, NKV, HD, ctx, split_len,
-                        scale);
+               const int* seq_len, float* part_acc, float* part_ml, unsigned* count, bf16* out, int ldo,
+               int NA, int NKV, int HD, int ctx, int split_len, float scale) {
+    attn_decode_body<8>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, count, out, ldo, NA, NKV, HD,
+                        ctx, split_len, scale);
 }
 
-// Flash-decoding, step 2: out[b, h*HD + d] = sum_s acc_s[d] e^(m_s - M) / sum_s l_s e^(m_s - M),
-// M = max_s m_s, over the splits that saw keys (m_s = -inf: none).
-// Block (h, b), COMB_THREADS threads. Warp 0 finds M and 1/L first. Then thread t takes the
-// 4-float column chunk j = t % (HD/4) of split group g = t / (HD/4) (G = COMB_THREADS / (HD/4)
-// groups) and sums splits g, g + G, ..., whose loads are independent of each other, so that the
-// block waits for a few L2 round trips, not one per split (one thread per column walking all
-// splits took 60 us under ncu at 32 splits, context 4000). The G group sums meet in shared memory.
-// Needs HD % 4 == 0 and HD / 4 <= COMB_THREADS (HD % 8 == 0 and HD <= MAX_HD: the host checks).
-// Launch: grid (NA, B), block COMB_THREADS.
-#define COMB_THREADS 1024
-extern "C" __global__ void __launch_bounds__(COMB_THREADS)
-attn_decode_combine(const float* part_acc, const float* part_ml, bf16* out, int ldo, int NA, int HD, int n_splits) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
-    __shared__ float4 red[COMB_THREADS];
-    __shared__ float stats[2];
-    const int h = blockIdx.x, b = blockIdx.y;
-    const size_t p0 = ((size_t)b * NA + h) * n_splits;
-    const float2* ml = reinterpret_cast<const float2*>(part_ml) + p0;
-    if (threadIdx.x < 32) {
-        float M = -INFINITY;
-        for (int s = threadIdx.x; s < n_splits; s += 32) M = fmaxf(M, ml[s].x);
-        M = warp_max(M);
-        float L = 0.f;
-        for (int s = threadIdx.x; s < n_splits; s += 32) {
-            const float2 v = ml[s];
-            if (v.x != -INFINITY) L += v.y * expf(v.x - M);
-        }
-        L = warp_sum(L);
-        if (threadIdx.x == 0) {
-            stats[0] = M;
-            stats[1] = 1.f / L;
-        }
-    }
-    __syncthreads();
-    const int nc = HD / 4, groups = COMB_THREADS / nc;
-    const int j = threadIdx.x % nc, grp = threadIdx.x / nc;
-    const float M = stats[0];
-    float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (grp < groups) {
-        const float4* acc = reinterpret_cast<const float4*>(part_acc + p0 * HD) + j;
-#pragma unroll 4
-        for (int s = grp; s < n_splits; s += groups) {
-            const float ms = ml[s].x;
-            const float4 v = acc[(size_t)s * nc];
-            const float w = ms == -INFINITY ? 0.f : expf(ms - M);
-            a.x += v.x * w;
-            a.y += v.y * w;
-            a.z += v.z * w;
-            a.w += v.w * w;
-        }
-    }
-    red[threadIdx.x] = a;
-    __syncthreads();
-    if (threadIdx.x < nc) {
-        float4 t = red[j];
-        for (int g = 1; g < groups; ++g) {
-            const float4 v = red[g * nc + j];
-            t.x += v.x;
-            t.y += v.y;
-            t.z += v.z;
-            t.w += v.w;
-        }
-        const float inv = stats[1];
-        bf16* o = out + (size_t)b * ldo + h * HD + 4 * j;
-        o[0] = to_bf(t.x * inv);
-        o[1] = to_bf(t.y * inv);
-        o[2] = to_bf(t.z * inv);
-        o[3] = to_bf(t.w * inv);
-    }
-}

@@ -11,6 +11,7 @@ use common::gpu::{batch_buffers, down_bf16, entries, poisoned, up_bf16, BF16_RTO
 use common::{assert_close, gpu_or_skip, Rng};
 use zamba::cpu::attention::causal_attention;
 use zamba::gpu::attention::{self, Dims, Scratch};
+use zamba::gpu::mem::DeviceBuf;
 use zamba::gpu::Gpu;
 
 /// Writes random keys/values for the `past` positions of each entry's slot and NaN at every later
@@ -53,10 +54,12 @@ fn attention_case(g: &Gpu, nkv: usize, spec: &[(usize, usize, usize)], seed: u64
         poisoned(g, 4 * NA * splits * HD * 4),
         poisoned(g, 4 * NA * splits * 2 * 4),
     );
+    let count = DeviceBuf::zeroed(slots * NA * 4, "split counts").unwrap();
     let scratch = Scratch {
         part_acc: pa.ptr(),
         part_ml: pm.ptr(),
         split_len: 128,
+        count: count.ptr(),
     };
     let out = poisoned(g, m * q * 2);
     // Decode runs twice: with just enough key splits, and with every split of the context (what
@@ -90,6 +93,10 @@ fn attention_case(g: &Gpu, nkv: usize, spec: &[(usize, usize, usize)], seed: u64
     let got = down_bf16(g, out.ptr(), m * q);
     if let Some(all) = got_all_splits {
         assert_eq!(all, got, "decode with empty key splits");
+        // The last block of each (sequence, head) left its split count at zero for the next call.
+        let mut counts = vec![1u32; slots * NA];
+        g.dtoh(count.ptr(), &mut counts).unwrap();
+        assert!(counts.iter().all(|&c| c == 0), "split counts reset: {counts:?}");
     }
     let got_k = down_bf16(g, dk.ptr(), slots * kvw * ctx);
     for e in &es {

@@ -5,8 +5,8 @@
 //!   an online softmax in fp32. The unnormalised P is rounded to bf16 for P·V (HF's eager path
 //!   also feeds bf16 probabilities to P·V) and the row sum divides the output in fp32 at the end.
 //!   Key tiles past the causal limit are skipped, and no score matrix is stored.
-//! - Decode (one query per sequence): flash-decoding over the KV cache, split along the keys,
-//!   then a combine kernel.
+//! - Decode (one query per sequence): flash-decoding over the KV cache, split along the keys;
+//!   the last split block of each (sequence, head) combines the splits, in the same kernel.
 //!
 //! GQA: query head h reads kv head h / (NA / NKV).
 
@@ -53,6 +53,8 @@ pub struct Scratch {
     pub part_acc: u64,
     pub part_ml: u64,
     pub split_len: usize,
+    /// `[B, NA]` u32 finished-split counts, zero before the call (the kernel leaves them zero).
+    pub count: u64,
 }
 
 /// Causal attention of entry `e`'s new queries (rows e.start.. of `qkv`) over its cache, whose
@@ -77,7 +79,8 @@ pub fn prefill(gpu: &Gpu, d: &Dims, qkv: u64, e: &Entry, kc: u64, vc: u64, out: 
 
 /// One query per sequence (row b of `qkv` for entry b) over its cache, whose length after this
 /// step is `meta.entry_seq_len[b]` (at most `n_splits · split_len`; splits past a sequence's
-/// length see no keys and drop out of the combine). Writes `out` rows (stride NA·HD).
+/// length see no keys and drop out of the combine). Writes `out` rows (stride NA·HD). One
+/// kernel: the last split block of each (sequence, head) combines the splits.
 #[allow(clippy::too_many_arguments)]
 pub fn decode(
     gpu: &Gpu,
@@ -97,22 +100,12 @@ pub fn decode(
         kc,
         vc,
         meta,
-        s.part_acc,
-        s.part_ml,
+        s,
+        out,
+        d.q_width(),
         (d.na, d.nkv, d.hd, d.ctx),
-        s.split_len,
         n_splits.max(1),
         b,
         d.scale,
-    )?;
-    gpu.attn_decode_combine(
-        s.part_acc,
-        s.part_ml,
-        out,
-        d.q_width(),
-        d.na,
-        d.hd,
-        n_splits.max(1),
-        b,
     )
 }

@@ -51,6 +51,9 @@ pub struct Workspace {
     pub argmax: DeviceBuf,
     /// The grid-barrier counter of `mamba_step` (8 bytes, zeroed here, then only grown by it).
     pub grid_sync: DeviceBuf,
+    /// Flash-decoding's finished-split counts, `[slots, NA]` u32 (zeroed here; each decode
+    /// attention leaves them zero).
+    pub attn_count: DeviceBuf,
 }
 
 /// Bytes of the grid-barrier counter.
@@ -97,6 +100,11 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Vec<(&'static
     ]
 }
 
+/// Bytes of the attention split counts: a u32 per (slot, head).
+fn attn_count_bytes(cfg: &ZambaConfig, slots: usize) -> usize {
+    slots * cfg.num_attention_heads * 4
+}
+
 /// Rows per lm_head piece.
 fn logit_rows(cfg: &ZambaConfig, want: usize) -> usize {
     (LOGITS_BYTES / (cfg.vocab_size * 4)).clamp(1, want.max(1))
@@ -105,7 +113,9 @@ fn logit_rows(cfg: &ZambaConfig, want: usize) -> usize {
 impl Workspace {
     /// Device bytes for a workspace of `m` rows, `slots` sequences and contexts up to `ctx`.
     pub fn bytes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> usize {
-        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum::<usize>() + GRID_SYNC_BYTES
+        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum::<usize>()
+            + GRID_SYNC_BYTES
+            + attn_count_bytes(cfg, slots)
     }
 
     pub fn new(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Result<Self> {
@@ -142,6 +152,7 @@ impl Workspace {
             logit_rows: logit_rows(cfg, m.max(slots)),
             argmax: next("argmax")?,
             grid_sync: DeviceBuf::zeroed(GRID_SYNC_BYTES, "the grid-barrier counter")?,
+            attn_count: DeviceBuf::zeroed(attn_count_bytes(cfg, slots), "the attention split counts")?,
         })
     }
 }

@@ -241,6 +241,7 @@ impl GpuModel {
             part_acc: ws.part_acc.ptr(),
             part_ml: ws.part_ml.ptr(),
             split_len: ws.split_len,
+            count: ws.attn_count.ptr(),
         };
         if let Some(n_splits) = decode_splits {
             attention::decode(

@@ -9,9 +9,6 @@ use crate::gpu::device::{Args, Gpu};
 /// Largest decode batch that runs the 8-warp `attn_decode_w8`.
 const DECODE_W8_MAX_BATCH: usize = 4;
 
-/// Threads of an `attn_decode_combine` block (`COMB_THREADS` in csrc/attention.cu).
-const COMBINE_THREADS: usize = 1024;
-
 impl Gpu {
     pub fn kv_append(
         &self,
@@ -119,6 +116,8 @@ impl Gpu {
         )
     }
 
+    /// Flash-decoding, both steps in one launch (csrc/attention.cu): partials into `s`, then the
+    /// last split block of each (sequence, head) writes `out` (row stride `ldo`).
     pub fn attn_decode(
         &self,
         qkv: u64,
@@ -126,15 +125,21 @@ impl Gpu {
         kc: u64,
         vc: u64,
         meta: &BatchMeta,
-        part_acc: u64,
-        part_ml: u64,
+        s: &crate::gpu::attention::Scratch,
+        out: u64,
+        ldo: usize,
         dims: (usize, usize, usize, usize),
-        split_len: usize,
         n_splits: usize,
         b: usize,
         scale: f32,
     ) -> Result<()> {
         let (na, nkv, hd, ctx) = dims;
+        // The combine's threads each take 4 columns of a head: HD / 4 must fit a block.
+        if hd % 8 != 0 || hd > 512 || s.count % 4 != 0 {
+            return Err(ZambaError::InvalidInput(format!(
+                "flash-decoding needs head_dim % 8 == 0 and <= 512 (not {hd}) and an aligned count buffer"
+            )));
+        }
         let mut a = Args::new();
         a.push(qkv)
             .push(i(ldqkv))
@@ -142,13 +147,16 @@ impl Gpu {
             .push(vc)
             .push(meta.entry_slot)
             .push(meta.entry_seq_len);
-        a.push(part_acc)
-            .push(part_ml)
+        a.push(s.part_acc)
+            .push(s.part_ml)
+            .push(s.count)
+            .push(out)
+            .push(i(ldo))
             .push(i(na))
             .push(i(nkv))
             .push(i(hd))
             .push(i(ctx))
-            .push(i(split_len))
+            .push(i(s.split_len))
             .push(scale);
         // A few sequences get 8 warps per block (a warp's keys take half the round trips); many
         // get 4 (H200, tg at context 512: batch 1 7.19–7.22 ms against 7.24–7.25; batch 64
@@ -159,40 +167,5 @@ impl Gpu {
             ("attn_decode", 128)
         };
         self.launch(name, (na as u32, n_splits as u32, b as u32), threads, &mut a)
-    }
-
-    pub fn attn_decode_combine(
-        &self,
-        part_acc: u64,
-        part_ml: u64,
-        out: u64,
-        ldo: usize,
-        na: usize,
-        hd: usize,
-        n_splits: usize,
-        b: usize,
-    ) -> Result<()> {
-        let mut a = Args::new();
-        a.push(part_acc)
-            .push(part_ml)
-            .push(out)
-            .push(i(ldo))
-            .push(i(na))
-            .push(i(hd))
-            .push(i(n_splits));
-        // One block per (head, sequence); its threads split the columns (4 floats each) and the
-        // splits (csrc/attention.cu).
-        if hd % 4 != 0 || hd / 4 > COMBINE_THREADS {
-            return Err(ZambaError::InvalidInput(format!(
-                "attn_decode_combine needs head_dim % 4 == 0 and head_dim <= {}, not {hd}",
-                4 * COMBINE_THREADS
-            )));
-        }
-        self.launch(
-            "attn_decode_combine",
-            (na as u32, b as u32, 1),
-            COMBINE_THREADS as u32,
-            &mut a,
-        )
     }
 }
