@@ -124,7 +124,7 @@ __device__ __forceinline__ void attn_decode_body(const bf16* qkv, int ldqkv, con
     const int g = h / (NA / NKV);
     const int n_keys = seq_len[b];
     const int k0 = split * split_len, k1 = min(k0 + split_len, n_keys);
-    __shared__ float w_acc[DEC_WARPS][MAX_HD];
+    __shared__ __align__(16) float w_acc[DEC_WARPS][MAX_HD];  // also the combine's float4 scratch
     __shared__ float w_m[DEC_WARPS], w_l[DEC_WARPS];
     const int nchunk = HD / 8;
     const size_t base = ((size_t)entry_slot[b] * NKV + g) * ctx * HD;
