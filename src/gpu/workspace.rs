@@ -56,8 +56,8 @@ pub struct Workspace {
     pub attn_count: DeviceBuf,
 }
 
-/// Bytes of the grid-barrier counter.
-const GRID_SYNC_BYTES: usize = 8;
+/// Buffers that start zeroed: counters that the kernels leave as they need them next time.
+const ZEROED: &[&str] = &["grid_sync", "attn_count"];
 
 /// (name, bytes) of every buffer, in one place so that `bytes` and `new` agree: `new` takes
 /// them in order and checks each name.
@@ -97,12 +97,9 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Vec<(&'static
         ("rows", m.max(slots) * 4),
         ("logits", rows * cfg.vocab_size * 4),
         ("argmax", m.max(slots) * 4),
+        ("grid_sync", 8),
+        ("attn_count", slots * na * 4),
     ]
-}
-
-/// Bytes of the attention split counts: a u32 per (slot, head).
-fn attn_count_bytes(cfg: &ZambaConfig, slots: usize) -> usize {
-    slots * cfg.num_attention_heads * 4
 }
 
 /// Rows per lm_head piece.
@@ -113,9 +110,7 @@ fn logit_rows(cfg: &ZambaConfig, want: usize) -> usize {
 impl Workspace {
     /// Device bytes for a workspace of `m` rows, `slots` sequences and contexts up to `ctx`.
     pub fn bytes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> usize {
-        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum::<usize>()
-            + GRID_SYNC_BYTES
-            + attn_count_bytes(cfg, slots)
+        sizes(cfg, m, slots, ctx).iter().map(|s| s.1).sum()
     }
 
     pub fn new(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Result<Self> {
@@ -124,7 +119,11 @@ impl Workspace {
         let mut next = |what: &str| {
             let (name, bytes) = it.next().expect("one size per buffer");
             assert_eq!(*name, what, "workspace buffers out of order");
-            DeviceBuf::new(*bytes, what)
+            if ZEROED.contains(name) {
+                DeviceBuf::zeroed(*bytes, what)
+            } else {
+                DeviceBuf::new(*bytes, what)
+            }
         };
         Ok(Workspace {
             e: next("e")?,
@@ -151,8 +150,8 @@ impl Workspace {
             logits: next("logits")?,
             logit_rows: logit_rows(cfg, m.max(slots)),
             argmax: next("argmax")?,
-            grid_sync: DeviceBuf::zeroed(GRID_SYNC_BYTES, "the grid-barrier counter")?,
-            attn_count: DeviceBuf::zeroed(attn_count_bytes(cfg, slots), "the attention split counts")?,
+            grid_sync: next("grid_sync")?,
+            attn_count: next("attn_count")?,
         })
     }
 }
