@@ -105,9 +105,9 @@ __device__ __forceinline__ void attn_combine_head(const float* acc_p, const floa
 // (ncu) and 21 us at batch 64. Every block reaches the count, splits without keys included.
 // Lane j owns the 8-element chunks j and j + 32 of the head dimension (HD % 8 == 0, HD <= 512)
 // and holds q's values there in registers (loaded as 16-byte chunks, like K and V: ldqkv % 8 == 0
-// and 16-byte aligned buffers, which kv_append's launcher checks for the same qkv and cache). Per group of DEC_KEYS keys a lane issues all of their K
-// and V loads before it uses any, so that a warp waits for one memory round trip per group, not
-// two per key. With one key at a time (32 dependent steps per warp in a 128-key split) kv_append
+// and 16-byte aligned buffers, which kv_append's launcher checks for the same qkv and cache). Per
+// group of DEC_KEYS keys a lane issues all of their K and V loads before it uses any, so that a
+// warp waits for one memory round trip per group, not two per key. With one key at a time (32 dependent steps per warp in a 128-key split) kv_append
 // and the attention cost 43 us per hybrid layer in the batch-1 decode graph on the H200, 7% of a
 // step; with 4 keys, 16 us (BENCHMARKS.md, fifth session).
 // Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS: attn_decode 4 warps, attn_decode_w8 8
@@ -231,18 +231,14 @@ __device__ __forceinline__ void attn_decode_body(const bf16* qkv, int ldqkv, con
     if (threadIdx.x == 0) *cnt = 0;
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-attn_decode(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
-            const int* seq_len, float* part_acc, float* part_ml, unsigned* count, bf16* out, int ldo,
-            int NA, int NKV, int HD, int ctx, int split_len, float scale) {
-    attn_decode_body<4>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, count, out, ldo, NA, NKV, HD,
-                        ctx, split_len, scale);
-}
-extern "C" __global__ void __launch_bounds__(256)
-attn_decode_w8(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,
-               const int* seq_len, float* part_acc, float* part_ml, unsigned* count, bf16* out, int ldo,
-               int NA, int NKV, int HD, int ctx, int split_len, float scale) {
-    attn_decode_body<8>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, count, out, ldo, NA, NKV, HD,
-                        ctx, split_len, scale);
-}
-
+// The kernels: 4 warps per block (many sequences) and 8 (a few).
+#define ATTN_DECODE_KERNEL(name, warps)                                                                     \
+    extern "C" __global__ void __launch_bounds__(32 * warps)                                               \
+        name(const bf16* qkv, int ldqkv, const bf16* kc, const bf16* vc, const int* entry_slot,             \
+             const int* seq_len, float* part_acc, float* part_ml, unsigned* count, bf16* out, int ldo, int NA, \
+             int NKV, int HD, int ctx, int split_len, float scale) {                                       \
+        attn_decode_body<warps>(qkv, ldqkv, kc, vc, entry_slot, seq_len, part_acc, part_ml, count, out, ldo, NA, \
+                                NKV, HD, ctx, split_len, scale);                                           \
+    }
+ATTN_DECODE_KERNEL(attn_decode, 4)
+ATTN_DECODE_KERNEL(attn_decode_w8, 8)

@@ -6,6 +6,9 @@
 use super::*;
 use crate::gpu::device::{Args, Gpu};
 
+/// Widest head flash-decoding takes (MAX_HD in csrc/attention.cu).
+const DECODE_MAX_HD: usize = 512;
+
 /// Largest decode batch that runs the 8-warp `attn_decode_w8`.
 const DECODE_W8_MAX_BATCH: usize = 4;
 
@@ -135,9 +138,9 @@ impl Gpu {
     ) -> Result<()> {
         let (na, nkv, hd, ctx) = dims;
         // The combine's threads each take 4 columns of a head: HD / 4 must fit a block.
-        if hd % 8 != 0 || hd > 512 || s.count % 4 != 0 {
+        if hd % 8 != 0 || hd > DECODE_MAX_HD || s.count % 4 != 0 {
             return Err(ZambaError::InvalidInput(format!(
-                "flash-decoding needs head_dim % 8 == 0 and <= 512 (not {hd}) and an aligned count buffer"
+                "flash-decoding needs head_dim % 8 == 0 and <= {DECODE_MAX_HD} (not {hd}) and an aligned count buffer"
             )));
         }
         let mut a = Args::new();
