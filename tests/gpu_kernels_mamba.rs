@@ -2,8 +2,9 @@
 //! of 3712, d_state 16, dt_rank 232, conv width 4): the causal conv1d over prefill lengths 1, 2,
 //! 7, 3, 65, 333, 509 and 2049 in one batch (from non-zero states; the kernel's runs of 8 rows
 //! cross entries), its state update, then a one-token update for three sequences; the selective
-//! scan over 1, 7, 333 and 2049 (one pass per sequence), then one-token SSM decode from the states
-//! it wrote; SSM decode with dt_proj fused in, at batch 11 over 16 state slots and then batch 1.
+//! scan over 1, 7, 333 and 2049 (one pass per sequence), then one-token SSM decode for six
+//! sequences, four of them from the states it wrote; SSM decode with dt_proj fused in, at batch
+//! 11 over 16 state slots and then batch 1.
 //! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
 //! without a GPU.
 
@@ -63,6 +64,19 @@ fn causal_conv1d_prefill_update_and_state() {
             K,
         );
         assert!(r.is_err(), "conv1d_prefill accepted ldx {ldx}, d_inner {di}");
+        let r = g.conv1d_update(
+            dxz.ptr(),
+            ldx,
+            &bb.meta,
+            dstate.ptr(),
+            dw.ptr(),
+            db.ptr(),
+            out.ptr(),
+            1,
+            di,
+            K,
+        );
+        assert!(r.is_err(), "conv1d_update accepted ldx {ldx}, d_inner {di}");
     }
     g.conv1d_prefill(
         dxz.ptr(),
@@ -177,7 +191,7 @@ fn selective_scan_prefill_and_decode() {
     let a = rng.f32_vec(DI * N, -16.0, -1.0);
     let d = rng.f32_vec(DI, 0.5, 1.5);
     let dt_bias = rng.f32_vec(DI, -5.0, -2.0);
-    let state0 = rng.f32_vec(4 * DI * N, -0.5, 0.5);
+    let state0 = rng.f32_vec(6 * DI * N, -0.5, 0.5);
     let (du, ddtr, dxz, dxd) = (
         up_bf16(&g, &inp.u),
         up_bf16(&g, &inp.dtr),
@@ -223,7 +237,7 @@ fn selective_scan_prefill_and_decode() {
     g.scan_seq(&args, &bb.meta, dstate.ptr(), y.ptr(), es.len())
         .unwrap();
     let got = down_bf16(&g, y.ptr(), m * DI);
-    let got_state = down_f32(&g, dstate.ptr(), 4 * DI * N);
+    let got_state = down_f32(&g, dstate.ptr(), 6 * DI * N);
     let p = scan_params(&a, &d, &dt_bias);
     let sz = DI * N;
     let mut states = state0.clone();
@@ -257,10 +271,12 @@ fn selective_scan_prefill_and_decode() {
         );
     }
 
-    // One-token decode for three sequences from the states just written.
-    let es1 = entries(&[(1, 1, 2049), (3, 1, 334), (2, 1, 1)]);
+    // One-token decode for six sequences, four from the states just written and two (slots 4
+    // and 5) from their initial ones.
+    let es1 = entries(&[(1, 1, 2049), (3, 1, 334), (2, 1, 1), (5, 1, 9), (0, 1, 7), (4, 1, 3)]);
+    let b1 = es1.len();
     let bb1 = batch_buffers(&g, &es1);
-    let inp1 = scan_inputs(&mut rng, 3);
+    let inp1 = scan_inputs(&mut rng, b1);
     let (du1, ddtr1, dxz1, dxd1) = (
         up_bf16(&g, &inp1.u),
         up_bf16(&g, &inp1.dtr),
@@ -274,11 +290,11 @@ fn selective_scan_prefill_and_decode() {
         xdbl: dxd1.ptr(),
         ..args
     };
-    let y1 = poisoned(&g, 3 * DI * 2);
-    g.ssm_decode(&args1, &bb1.meta, dstate.ptr(), y1.ptr(), 3)
+    let y1 = poisoned(&g, b1 * DI * 2);
+    g.ssm_decode(&args1, &bb1.meta, dstate.ptr(), y1.ptr(), b1)
         .unwrap();
-    let got1 = down_bf16(&g, y1.ptr(), 3 * DI);
-    let got_state1 = down_f32(&g, dstate.ptr(), 4 * sz);
+    let got1 = down_bf16(&g, y1.ptr(), b1 * DI);
+    let got_state1 = down_f32(&g, dstate.ptr(), 6 * sz);
     for (bi, e) in es1.iter().enumerate() {
         let st = &mut states[e.slot * sz..(e.slot + 1) * sz];
         let z = rows(&inp1.xz, 2 * DI, bi, 1)[DI..].to_vec();

@@ -151,6 +151,7 @@ const KERNELS: &[&str] = &[
     "conv1d_prefill_k8",
     "conv_state_update",
     "conv1d_update",
+    "conv1d_update_k8",
     "scan_seq",
     "ssm_decode",
     "ssm_decode_dt",
@@ -174,15 +175,16 @@ const KERNELS: &[&str] = &[
 /// other kernels' outputs only through coherent loads (no `__restrict__`, no `__ldg`). Such a
 /// launch lets the kernel's blocks start (and load constant weights) while the kernel before it
 /// in the stream finishes; launches of other kernels, and cuBLAS's, wait for full completion.
-/// One documented exception: `mamba_step` reads the layer's conv and SSM states before its
-/// `pdl_wait`, which is sound because nothing in a decode step writes them before it does
-/// (csrc/mamba_step.cu).
+/// One documented exception: `mamba_step` and `conv1d_update` read the layer's conv (and SSM)
+/// states before their `pdl_wait`, which is sound because nothing in a decode step writes them
+/// before they do (csrc/mamba_step.cu, csrc/conv.cu).
 const PDL_KERNELS: &[&str] = &[
     "embed_gather",
     "rmsnorm",
     "rmsnorm_h16",
     "gelu_mul",
     "conv1d_update",
+    "conv1d_update_k8",
     "ssm_decode",
     "ssm_decode_dt",
     "mamba_step",

@@ -97,6 +97,17 @@ impl Gpu {
         di: usize,
         k: usize,
     ) -> Result<()> {
+        // 8 channels per thread, in 16-byte loads and stores (csrc/conv.cu).
+        if di % 8 != 0
+            || ldx % 8 != 0
+            || (xs | conv_state | out | w | bias) % 16 != 0
+            || !(1..=8).contains(&k)
+        {
+            return Err(crate::error::ZambaError::InvalidInput(format!(
+                "conv1d_update needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state, \
+                 out, weights and bias, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
+            )));
+        }
         let mut a = Args::new();
         a.push(xs)
             .push(i(ldx))
@@ -106,7 +117,10 @@ impl Gpu {
             .push(bias)
             .push(out);
         a.push(i(di)).push(i(k));
-        self.launch("conv1d_update", (blocks(di, 256), b as u32, 1), 256, &mut a)
+        // CONV_UPD_THREADS threads of 8 channels per block (csrc/conv.cu).
+        let threads = 128;
+        let kernel = if k <= 4 { "conv1d_update" } else { "conv1d_update_k8" };
+        self.launch(kernel, (blocks(di / 8, threads), b as u32, 1), threads as u32, &mut a)
     }
 
     /// The prefill scan (`scan_seq`): each entry's tokens in one pass from its slot's state, which
