@@ -223,6 +223,8 @@ fn mamba_step_bench(
         DeviceBuf::new(d.di * 2, "bench").unwrap(),
     );
     let barrier = DeviceBuf::zeroed(8, "bench").unwrap();
+    // The next layer's input norm, fused in as in the engine.
+    let (norm_w, norm_out) = (bf16(d.h, 50, 1.0), DeviceBuf::new(d.h * 2, "bench").unwrap());
     let mut batch = BatchBuffers::new(1, 1).unwrap();
     let e = Entry {
         slot: 0,
@@ -254,6 +256,9 @@ fn mamba_step_bench(
                 out_proj: sets[i][2].ptr(),
                 h: h.ptr(),
                 barrier: barrier.ptr(),
+                norm_w: norm_w.ptr(),
+                norm_out: norm_out.ptr(),
+                eps: 1e-5,
             };
             gpu.mamba_step(&args, &d, &batch.meta).unwrap();
             gpu.sync().unwrap();

@@ -41,7 +41,15 @@
 // The states are read before griddepcontrol.wait (see the worker section): an exception to the
 // rule in common.cuh that holds because nothing in a decode step before this kernel writes them.
 // The host checks what the layout needs (`mamba_step_fits`): DI % 8, DH % 8, R % 8, R <= 256,
-// d_state 16, K <= 8, nch <= 62, DI / 8 <= 992, the shared memory, 16-byte aligned weights.
+// d_state 16, K <= 8, nch <= 62, DI / 8 <= 992, H <= 8 * 992, the shared memory, 16-byte aligned
+// weights.
+//   With norm_w set, the kernel also computes the RMSNorm that comes next (the next Mamba layer's
+// input norm, or the final norm), as the rmsnorm kernel (csrc/norm.cu) does:
+//   norm_out[i] = bf16(w[i] * bf16(h[i] * rsqrt(mean(h^2) + eps)))
+// Each block arrives once more on the barrier's counter after its out_proj rows are written (no
+// wait); the last to arrive sees every block's h and computes the norm alone (a fixed order of
+// sums: deterministic). That replaces a kernel of its own (~4 us in ncu) and a launch boundary
+// per layer with ~1 us of tail in one block.
 #include "common.cuh"
 #include "async_copy.cuh"
 
@@ -72,7 +80,11 @@ struct MambaStepArgs {
     float* h;                // [H] residual stream, added to
     const int* entry_slot;   // [1]: the sequence's state slot
     unsigned long long* barrier;
-    int DI, DH, NH, R, K, H, pad0, pad1;
+    const bf16* norm_w;      // [H] the next RMSNorm's weight, or null: no norm
+    bf16* norm_out;          // [H] that norm of the updated h
+    int DI, DH, NH, R, K, H;
+    float eps;               // the norm's epsilon
+    int pad;
 };
 
 #if __CUDA_ARCH__ >= 900
@@ -100,6 +112,48 @@ __device__ __forceinline__ void ms_grid_sync(unsigned long long* ctr, unsigned G
     ms_workers_sync();
 }
 
+// The next RMSNorm (see the header), called by every worker thread after its block's h rows
+// are written. The counter is the grid barrier's: G more arrivals keep it a multiple of G, and
+// no block arrives here before all have passed the last barrier, so the arrival that sees
+// old % G == G - 1 is the last of this round. scratch is MS_WARPS + 1 words of shared memory
+// that nothing reads any more (the staged xc: static shared memory would not fit beside the
+// dynamic allocation, which takes all a block may have).
+#define MS_NORM_HELD 8
+__device__ __forceinline__ void ms_next_norm(const MambaStepArgs& a, unsigned G, float* scratch) {
+    float* red = scratch;
+    int& last = *reinterpret_cast<int*>(scratch + MS_WARPS);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    ms_workers_sync();  // the block's h writes come before thread 0's release
+    if (tid == 0) {
+        unsigned long long old;
+        asm volatile("atom.add.acq_rel.gpu.global.u64 %0, [%1], 1;" : "=l"(old) : "l"(a.barrier) : "memory");
+        last = old % G == G - 1;
+    }
+    ms_workers_sync();  // orders the reads below after thread 0's acquire
+    if (!last) return;
+    // Every value and weight of the thread, loads all issued before any is used; h through L2.
+    float x[MS_NORM_HELD];
+    bf16 w[MS_NORM_HELD];
+#pragma unroll
+    for (int j = 0; j < MS_NORM_HELD; ++j) {
+        const int i = tid + j * MS_WORKERS;
+        x[j] = i < a.H ? __ldcg(a.h + i) : 0.f;
+        w[j] = i < a.H ? a.norm_w[i] : bf16();
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int j = 0; j < MS_NORM_HELD; ++j) ss += x[j] * x[j];
+    ss = warp_sum(ss);
+    if (lane == 0) red[warp] = ss;
+    ms_workers_sync();
+    ss = lane < MS_WARPS - 1 ? red[lane] : 0.f;
+    const float r = rsqrtf(warp_sum(ss) / (float)a.H + a.eps);
+#pragma unroll
+    for (int j = 0; j < MS_NORM_HELD; ++j) {
+        const int i = tid + j * MS_WORKERS;
+        if (i < a.H) a.norm_out[i] = to_bf(to_f(w[j]) * round_bf(x[j] * r));
+    }
+}
 #endif
 
 extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStepArgs a) {
@@ -292,6 +346,7 @@ extern "C" __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step(MambaStep
         for (int w = 0; w < MS_WARPS - 1; ++w) s += po[tid * MS_WARPS + w];
         a.h[o0 + tid] = h_old + s;
     }
+    if (a.norm_w != nullptr) ms_next_norm(a, G, reinterpret_cast<float*>(xs));
 #else
     __trap();  // sm_90 only; the host never launches it elsewhere
 #endif

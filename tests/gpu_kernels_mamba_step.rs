@@ -3,8 +3,9 @@
 //! each stage's reference starts from the kernel's own bf16 output of the stage before (read back
 //! from its scratch buffers), so that a one-ulp difference in one stage does not blur the next.
 //! Two steps in a row on different slots (the grid barrier's counter carries over, the states of
-//! the first step feed nothing of the second), then the first slot again. Skips (and says so) on
-//! a machine without a GPU, and on GPUs without TMA bulk copies (before sm_90).
+//! the first step feed nothing of the second), then the first slot again; the first and last
+//! also compute the RMSNorm that follows (the middle one must leave its output alone). Skips (and
+//! says so) on a machine without a GPU, and on GPUs without TMA bulk copies (before sm_90).
 
 mod common;
 
@@ -107,10 +108,15 @@ fn fused_mamba_step_matches_the_reference() {
         poisoned(&g, DI * 2),
     );
     let barrier = DeviceBuf::zeroed(8, "barrier").unwrap();
+    let norm_w = rng.bf16_vec(H, 0.5, 1.5);
+    let dnorm_w = up(&norm_w);
+    let norm_out = poisoned(&g, H * 2);
+    let eps = 1e-5f32;
+    let mut norm_before = down_bf16(&g, norm_out.ptr(), H);
     let p = scan_params(&a, &d, &dt_bias);
     let mut args0: Option<MambaStepArgs> = None;
     let mut bb_last = None;
-    for (step, slot) in [2usize, 0, 2].into_iter().enumerate() {
+    for (step, slot, with_norm) in [(0, 2usize, true), (1, 0, false), (2, 2, true)] {
         let xz = rng.bf16_vec(2 * DI, -3.0, 3.0);
         let dxz = up(&xz);
         let bb = batch_buffers(&g, &entries(&[(slot, 1, 5)]));
@@ -131,6 +137,9 @@ fn fused_mamba_step_matches_the_reference() {
             out_proj: dout.ptr(),
             h: dh.ptr(),
             barrier: barrier.ptr(),
+            norm_w: if with_norm { dnorm_w.ptr() } else { 0 },
+            norm_out: norm_out.ptr(),
+            eps,
         };
         g.mamba_step(&args, &dims, &bb.meta).unwrap();
         args0 = Some(args);
@@ -184,10 +193,28 @@ fn fused_mamba_step_matches_the_reference() {
         }
         let got_h = down_f32(&g, dh.ptr(), H);
         assert_close(&what("residual"), &got_h, &h, 1e-4, 1e-4);
+
+        // The norm of the kernel's residual: bf16(w · bf16(h · rsqrt(mean(h²) + eps))). The
+        // kernel's fp32 sum of squares may move a product across a bf16 rounding boundary.
+        let got_norm = down_bf16(&g, norm_out.ptr(), H);
+        if with_norm {
+            let ms = got_h.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / H as f64;
+            let r = (1.0 / (ms + eps as f64).sqrt()) as f32;
+            let want: Vec<f32> = got_h
+                .iter()
+                .zip(&norm_w)
+                .map(|(x, w)| rb(w * rb(x * r)))
+                .collect();
+            assert_close(&what("next norm"), &got_norm, &want, 1e-6, 2.0 * BF16_RTOL);
+        } else {
+            assert_eq!(got_norm, norm_before, "{}", what("norm output untouched"));
+        }
+        norm_before = got_norm;
     }
-    // Every launch arrived three times per block on the grid barrier.
+    // Every launch arrived three times per block on the grid barrier, and once more where it
+    // computed the norm.
     let count = down_u64(&g, barrier.ptr());
-    assert_eq!(count, 3 * 3 * g.sm_count as u64);
+    assert_eq!(count, (4 + 3 + 4) * g.sm_count as u64);
     // Widths it does not take are an error, not a launch.
     let odd = StepDims { r: 260, ..dims };
     let (args0, bb) = (args0.unwrap(), bb_last.unwrap());
@@ -210,6 +237,10 @@ fn fused_mamba_step_matches_the_reference() {
         },
         MambaStepArgs {
             barrier: args0.barrier + 4,
+            ..args0
+        },
+        MambaStepArgs {
+            norm_out: args0.norm_out + 1,
             ..args0
         },
     ] {

@@ -60,20 +60,22 @@ impl GpuModel {
     /// The kernels of a decode step of `b` entries with `splits` attention key splits.
     fn decode_kernels(&self, b: usize, splits: usize) -> Result<()> {
         let (cfg, ws, g) = (&self.cfg, &self.ws, &self.gpu);
-        self.run_layers(&self.step_entries[..b], b, Some(splits))?;
-        g.rmsnorm(
-            ws.h.ptr(),
-            true,
-            0,
-            0,
-            0,
-            self.w.final_norm,
-            ws.n.ptr(),
-            b,
-            cfg.hidden_size,
-            0,
-            cfg.rms_norm_eps,
-        )?;
+        let final_normed = self.run_layers(&self.step_entries[..b], b, Some(splits))?;
+        if !final_normed {
+            g.rmsnorm(
+                ws.h.ptr(),
+                true,
+                0,
+                0,
+                0,
+                self.w.final_norm,
+                ws.n.ptr(),
+                b,
+                cfg.hidden_size,
+                0,
+                cfg.rms_norm_eps,
+            )?;
+        }
         gemm::run(
             g,
             &self.blas,

@@ -13,8 +13,9 @@ impl GpuModel {
     /// layers and leaves the final hidden states in `ws.h`. Updates every state the entries
     /// touch. A decode step (one token per entry) passes `decode_splits`, the number of key
     /// splits of its attention; it then makes no host call but kernel and cuBLAS launches, so
-    /// that it can be captured in a CUDA graph.
-    pub(super) fn run_layers(&self, entries: &[Entry], m: usize, decode_splits: Option<usize>) -> Result<()> {
+    /// that it can be captured in a CUDA graph. Returns true when the final RMSNorm of `ws.h` is
+    /// already in `ws.n` (the last layer's fused `mamba_step` computed it).
+    pub(super) fn run_layers(&self, entries: &[Entry], m: usize, decode_splits: Option<usize>) -> Result<bool> {
         let decode = decode_splits.is_some();
         let (cfg, ws, w, g) = (&self.cfg, &self.ws, &self.w, &self.gpu);
         let meta = self.batch.meta;
@@ -40,6 +41,8 @@ impl GpuModel {
             cfg.vocab_size,
         )?;
         let mut hybrid = 0;
+        // ws.n already holds this layer's input norm (the fused mamba_step before computed it).
+        let mut normed = false;
         for (i, lw) in w.layers.iter().enumerate() {
             if lw.linear != 0 {
                 self.shared_block(hybrid, entries, m, decode_splits)?;
@@ -63,9 +66,10 @@ impl GpuModel {
                     eps,
                 )?;
                 hybrid += 1;
-            } else {
+            } else if !normed {
                 g.rmsnorm(ws.h.ptr(), true, 0, 0, 0, lw.ln, ws.n.ptr(), m, h, 0, eps)?;
             }
+            normed = false;
             let (ws, g, blas) = (&self.ws, &self.gpu, &self.blas);
             // in_proj (rows permuted at load): xz = [x | z], each DI wide.
             gemm::run(
@@ -75,7 +79,15 @@ impl GpuModel {
             )?;
             let conv = self.states.conv_at(i);
             if let (true, 1, Some(dims)) = (decode, m, &self.step_dims) {
-                // One sequence, one token: everything up to out_proj in one kernel.
+                // One sequence, one token: everything after in_proj in one kernel, and the norm
+                // that follows where it is the plain one (before a Mamba layer, or the final
+                // norm; a hybrid layer's norm is of concat(h, e)).
+                let norm_w = match w.layers.get(i + 1) {
+                    None => w.final_norm,
+                    Some(next) if next.linear == 0 => next.ln,
+                    Some(_) => 0,
+                };
+                let norm_w = if self.step_norm { norm_w } else { 0 };
                 let args = MambaStepArgs {
                     xz: ws.xz.ptr(),
                     conv_state: conv,
@@ -93,8 +105,12 @@ impl GpuModel {
                     out_proj: lw.out_proj,
                     h: ws.h.ptr(),
                     barrier: ws.grid_sync.ptr(),
+                    norm_w,
+                    norm_out: ws.n.ptr(),
+                    eps,
                 };
                 g.mamba_step(&args, dims, &meta)?;
+                normed = norm_w != 0;
                 continue;
             }
             if decode {
@@ -194,7 +210,7 @@ impl GpuModel {
                 },
             )?;
         }
-        Ok(())
+        Ok(normed)
     }
 
     /// The shared transformer block for hybrid use `j`: reads ws.h and ws.e, writes ws.t.

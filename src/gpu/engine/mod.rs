@@ -70,6 +70,9 @@ pub struct GpuModel {
     /// The widths of the fused one-token Mamba mixer (`mamba_step`) where this GPU runs it for
     /// this config; a batch-1 decode step then uses it (`ZAMBA_FUSED_STEP=0` turns it off).
     step_dims: Option<StepDims>,
+    /// `mamba_step` also computes the RMSNorm after it where that is a plain one
+    /// (`ZAMBA_STEP_NORM=0` turns it off: the rmsnorm kernel runs instead).
+    step_norm: bool,
     /// Host scratch for a decode step, sized at load so that the step allocates nothing.
     step_entries: Vec<Entry>,
     step_tokens: Vec<u32>,
@@ -132,6 +135,7 @@ impl GpuModel {
             graphs: (0..opts.slots).map(|_| None).collect(),
             use_graphs: std::env::var("ZAMBA_GRAPH").map_or(true, |v| v != "0"),
             step_dims,
+            step_norm: std::env::var("ZAMBA_STEP_NORM").map_or(true, |v| v != "0"),
             step_entries: Vec::with_capacity(opts.slots),
             step_tokens: Vec::with_capacity(opts.slots),
             step_ids: vec![0; opts.slots],
@@ -258,6 +262,7 @@ impl GpuModel {
                 let max_keys = entries.iter().map(|e| e.past + 1).max().unwrap_or(1);
                 max_keys.div_ceil(self.ws.split_len)
             });
+            // (lm_head below takes its own norm of the rows it wants.)
             self.run_layers(&entries, tokens.len(), decode_splits)?;
             for e in &entries {
                 self.states.len[e.slot] += e.len;

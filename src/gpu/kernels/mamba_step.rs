@@ -17,6 +17,8 @@ const STAGES: usize = 10;
 /// The kernel's state width (MS_N) and widest conv (MS_MAX_K).
 const D_STATE: usize = 16;
 const MAX_CONV: usize = 8;
+/// Residual values per worker thread of the fused RMSNorm (MS_NORM_HELD).
+const NORM_HELD: usize = 8;
 
 /// The widths the kernel is launched for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +75,11 @@ pub struct MambaStepArgs {
     pub h: u64,
     /// The 8-byte grid-barrier counter (zeroed once, then only used by launches of one grid).
     pub barrier: u64,
+    /// The RMSNorm that follows, fused in: its weight `[H]` (bf16; 0 for none), its output `[H]`
+    /// (bf16) and epsilon. The kernel's last block computes it over the updated residual.
+    pub norm_w: u64,
+    pub norm_out: u64,
+    pub eps: f32,
 }
 
 /// The kernel's argument: mirrors `MambaStepArgs` in csrc/mamba_step.cu (field order and C
@@ -97,14 +104,16 @@ struct KernelArgs {
     h: u64,
     entry_slot: u64,
     barrier: u64,
+    norm_w: u64,
+    norm_out: u64,
     di: i32,
     dh: i32,
     nh: i32,
     r: i32,
     k: i32,
     hsize: i32,
-    pad0: i32,
-    pad1: i32,
+    eps: f32,
+    pad: i32,
 }
 
 /// The dynamic shared memory of `mamba_step` over `grid` blocks: the ring of STAGES out_proj
@@ -128,9 +137,10 @@ pub fn mamba_step_smem(d: &StepDims, grid: usize) -> usize {
 
 /// Whether `mamba_step` takes widths `d` over `grid` blocks with `smem_limit` bytes of shared
 /// memory per block: DI, DH and R multiples of 8, R ≤ 256 and d_state 16 (the 16-lane state
-/// update), K ≤ 8, at most 62 channels per block and DI ≤ 8·992 (a channel's 16 lanes and one
-/// out_proj chunk per worker thread; the last warp issues the TMA copies),
-/// and its shared memory within the limit.
+/// update), K ≤ 8, at most 62 channels per block, DI ≤ 8·992 and H ≤ 8·992 (a channel's 16 lanes,
+/// one out_proj chunk and 8 values of the fused norm per worker thread; the last warp issues the
+/// TMA copies), DI ≥ 66 (the norm's scratch reuses the staged xc), and its shared memory within
+/// the limit.
 pub fn mamba_step_fits(d: &StepDims, grid: usize, smem_limit: usize) -> bool {
     grid > 0
         && d.di % 8 == 0
@@ -141,6 +151,8 @@ pub fn mamba_step_fits(d: &StepDims, grid: usize, smem_limit: usize) -> bool {
         && (1..=MAX_CONV).contains(&d.k)
         && d.di.div_ceil(grid) <= WORKERS / 16
         && d.di / 8 <= WORKERS
+        && d.h <= NORM_HELD * WORKERS
+        && d.di * 2 >= (THREADS / 32 + 1) * 4
         && d.nh * d.dh == d.di
         && xrows_fit(d)
         && mamba_step_smem(d, grid) <= smem_limit
@@ -178,7 +190,7 @@ impl Gpu {
         ]
         .iter()
         .all(|p| p % 16 == 0);
-        if !aligned || args.barrier % 8 != 0 {
+        if !aligned || args.barrier % 8 != 0 || (args.norm_w | args.norm_out) % 2 != 0 {
             return Err(ZambaError::InvalidInput(
                 "mamba_step needs 16-byte aligned weights and activations".into(),
             ));
@@ -201,14 +213,16 @@ impl Gpu {
             h: args.h,
             entry_slot: meta.entry_slot,
             barrier: args.barrier,
+            norm_w: args.norm_w,
+            norm_out: args.norm_out,
             di: i(d.di),
             dh: i(d.dh),
             nh: i(d.nh),
             r: i(d.r),
             k: i(d.k),
             hsize: i(d.h),
-            pad0: 0,
-            pad1: 0,
+            eps: args.eps,
+            pad: 0,
         };
         let mut a = Args::new();
         a.push(full);
@@ -253,9 +267,9 @@ mod tests {
         assert!(!mamba_step_fits(&d, 132, 160 << 10));
     }
 
-    /// KernelArgs is the C struct's size: 17 addresses and 8 ints.
+    /// KernelArgs is the C struct's size: 19 addresses and 8 ints or floats.
     #[test]
     fn args_layout() {
-        assert_eq!(std::mem::size_of::<KernelArgs>(), 17 * 8 + 8 * 4);
+        assert_eq!(std::mem::size_of::<KernelArgs>(), 19 * 8 + 8 * 4);
     }
 }
