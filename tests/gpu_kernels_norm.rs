@@ -1,6 +1,7 @@
 //! RMSNorm, the embedding gather, gelu_mul and argmax against the CPU reference at Zamba-7B's
 //! sizes: RMSNorm over 7 rows of hidden 3712 (bf16 input, bf16 or fp32 residual add, the
-//! 7424-wide norm over concat(h, e), gathered rows) and over rows of 9001 (the two-pass path);
+//! 7424-wide norm over concat(h, e), gathered rows; in 4-value chunks), over rows of 3710 and a
+//! misaligned input (the scalar path) and over rows of 9001 (the two-pass path);
 //! the embedding gather from a 32000 × 3712 table; gelu_mul over 7 rows of MLP 14848; argmax over
 //! rows of 32000 with a tie. Inputs are random bf16 values, the same on both sides. Skips (and
 //! says so) on a machine without a GPU.
@@ -172,6 +173,50 @@ fn rmsnorm_cases(g: &zamba::gpu::Gpu, m: usize) {
     assert_close(
         "row-gather rmsnorm",
         &down_bf16(g, out.ptr(), 2 * H),
+        &want,
+        1e-6,
+        tol,
+    );
+
+    // Rows the 4-value chunks cannot take: a width that is not a multiple of 4, and a 3712-wide
+    // input one value off 16-byte alignment (fp32, with a bf16 add) take the scalar held path.
+    let d = H - 2;
+    let (dn, dwn) = (up_bf16(g, &a[..m * d]), up_bf16(g, &w[..d]));
+    g.rmsnorm(dn.ptr(), false, 0, 0, 0, dwn.ptr(), out.ptr(), m, d, 0, EPS)
+        .unwrap();
+    let want = rows_of(&|t| rms_hf(&a[t * d..(t + 1) * d], &w[..d]), &all);
+    assert_close(
+        "rmsnorm of width 3710",
+        &down_bf16(g, out.ptr(), m * d),
+        &want,
+        1e-6,
+        tol,
+    );
+    let shifted = up_f32(g, &[vec![0.0f32], af.clone()].concat());
+    g.rmsnorm(
+        shifted.ptr() + 4,
+        true,
+        dadd.ptr(),
+        0,
+        0,
+        dw.ptr(),
+        out.ptr(),
+        m,
+        H,
+        0,
+        EPS,
+    )
+    .unwrap();
+    let want = rows_of(
+        &|t| {
+            let x: Vec<f32> = (0..H).map(|i| af[t * H + i] + add[t * H + i]).collect();
+            rms_hf(&x, &w[..H])
+        },
+        &all,
+    );
+    assert_close(
+        "misaligned fp32 rmsnorm with an add",
+        &down_bf16(g, out.ptr(), m * H),
         &want,
         1e-6,
         tol,

@@ -161,12 +161,25 @@ impl Gpu {
         // hold the row at 16 values each (256 for 3712, 512 for the 7424-wide concat), so that
         // more rows run at once. Rows past what the block holds take the kernel's two-pass path.
         let d = d1 + d2;
-        let (name, threads) = if d >= 2048 && n_rows <= 64 {
-            ("rmsnorm", 1024)
+        let (held, threads) = if d >= 2048 && n_rows <= 64 {
+            (8, 1024)
         } else if d <= 16 * 256 {
-            ("rmsnorm_h16", 256)
+            (16, 256)
         } else {
-            ("rmsnorm_h16", 512)
+            (16, 512)
+        };
+        // The same held values in 4-value chunks where the layout allows (csrc/norm.cu,
+        // rmsnorm_row_v4): 16-byte fp32 and 8-byte bf16 loads, fewer registers.
+        let bf16_bits = add | b | w | out;
+        let vec = (d1 | d2) % 4 == 0
+            && bf16_bits % 8 == 0
+            && x % (if x_f32 { 16 } else { 8 }) == 0
+            && d <= held * threads as usize;
+        let name = match (held, vec) {
+            (8, false) => "rmsnorm",
+            (8, true) => "rmsnorm_v4",
+            (_, false) => "rmsnorm_h16",
+            (_, true) => "rmsnorm_h16_v4",
         };
         self.launch(name, (n_rows as u32, 1, 1), threads, &mut a)
     }
