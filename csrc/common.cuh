@@ -22,9 +22,11 @@ union Bf16x8 {
 // can start while the kernel before it finishes. pdl_trigger lets the next kernel start launching;
 // pdl_wait blocks until the kernel before has completed and its writes are visible. A kernel in
 // PDL_KERNELS calls pdl_wait in every thread before it reads or writes any buffer that another
-// kernel writes or reads (only constant weights may be loaded before it), and before any thread
-// can exit: then its completion implies its predecessor's, and ordering is transitive. Both are
-// no-ops on older GPUs and in a launch without the attribute.
+// kernel writes or reads (only constant weights may be loaded before it; the exceptions, argued
+// where they are made, are mamba_step and conv1d_update, which read the batch's slot table and the
+// layer's states, written by nothing earlier in a decode step), and before any thread can exit:
+// then its completion implies its predecessor's, and ordering is transitive. Both are no-ops on
+// older GPUs and in a launch without the attribute.
 //   Such a kernel must not read another kernel's output through the non-coherent read-only path
 // (ld.global.nc: __ldg, or what the compiler emits for `const T* __restrict__`): that path is
 // outside the memory model griddepcontrol.wait orders, and with it the 7B decode read stale
