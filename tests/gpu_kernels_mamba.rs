@@ -273,7 +273,14 @@ fn selective_scan_prefill_and_decode() {
 
     // One-token decode for six sequences, four from the states just written and two (slots 4
     // and 5) from their initial ones.
-    let es1 = entries(&[(1, 1, 2049), (3, 1, 334), (2, 1, 1), (5, 1, 9), (0, 1, 7), (4, 1, 3)]);
+    let es1 = entries(&[
+        (1, 1, 2049),
+        (3, 1, 334),
+        (2, 1, 1),
+        (5, 1, 9),
+        (0, 1, 7),
+        (4, 1, 3),
+    ]);
     let b1 = es1.len();
     let bb1 = batch_buffers(&g, &es1);
     let inp1 = scan_inputs(&mut rng, b1);

@@ -15,7 +15,12 @@ impl GpuModel {
     /// splits of its attention; it then makes no host call but kernel and cuBLAS launches, so
     /// that it can be captured in a CUDA graph. Returns true when the final RMSNorm of `ws.h` is
     /// already in `ws.n` (the last layer's fused `mamba_step` computed it).
-    pub(super) fn run_layers(&self, entries: &[Entry], m: usize, decode_splits: Option<usize>) -> Result<bool> {
+    pub(super) fn run_layers(
+        &self,
+        entries: &[Entry],
+        m: usize,
+        decode_splits: Option<usize>,
+    ) -> Result<bool> {
         let decode = decode_splits.is_some();
         let (cfg, ws, w, g) = (&self.cfg, &self.ws, &self.w, &self.gpu);
         let meta = self.batch.meta;

@@ -119,8 +119,17 @@ impl Gpu {
         a.push(i(di)).push(i(k));
         // CONV_UPD_THREADS threads of 8 channels per block (csrc/conv.cu).
         let threads = 128;
-        let kernel = if k <= 4 { "conv1d_update" } else { "conv1d_update_k8" };
-        self.launch(kernel, (blocks(di / 8, threads), b as u32, 1), threads as u32, &mut a)
+        let kernel = if k <= 4 {
+            "conv1d_update"
+        } else {
+            "conv1d_update_k8"
+        };
+        self.launch(
+            kernel,
+            (blocks(di / 8, threads), b as u32, 1),
+            threads as u32,
+            &mut a,
+        )
     }
 
     /// The prefill scan (`scan_seq`): each entry's tokens in one pass from its slot's state, which
