@@ -6,6 +6,19 @@ use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ScanArgs, SCAN_SEQ_CHANNEL
 use crate::error::Result;
 use crate::gpu::device::{Args, Gpu};
 
+/// The layout conv1d_prefill and conv1d_update need (csrc/conv.cu: 8 channels per thread, in
+/// 16-byte loads and stores): d_inner and ldx multiples of 8, every buffer 16-byte aligned (`addrs`
+/// is their bitwise or) and 1 ≤ K ≤ 8.
+fn check_conv_layout(kernel: &str, di: usize, ldx: usize, addrs: u64, k: usize) -> Result<()> {
+    if di % 8 != 0 || ldx % 8 != 0 || addrs % 16 != 0 || !(1..=8).contains(&k) {
+        return Err(crate::error::ZambaError::InvalidInput(format!(
+            "{kernel} needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state, out, \
+             weights and bias, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
+        )));
+    }
+    Ok(())
+}
+
 impl Gpu {
     pub fn conv1d_prefill(
         &self,
@@ -20,17 +33,7 @@ impl Gpu {
         di: usize,
         k: usize,
     ) -> Result<()> {
-        // 8 channels per thread, in 16-byte loads and stores (csrc/conv.cu).
-        if di % 8 != 0
-            || ldx % 8 != 0
-            || (xs | conv_state | out | w | bias) % 16 != 0
-            || !(1..=8).contains(&k)
-        {
-            return Err(crate::error::ZambaError::InvalidInput(format!(
-                "conv1d_prefill needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state, \
-                 out, weights and bias, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
-            )));
-        }
+        check_conv_layout("conv1d_prefill", di, ldx, xs | conv_state | out | w | bias, k)?;
         let mut a = Args::new();
         a.push(xs)
             .push(i(ldx))
@@ -97,17 +100,7 @@ impl Gpu {
         di: usize,
         k: usize,
     ) -> Result<()> {
-        // 8 channels per thread, in 16-byte loads and stores (csrc/conv.cu).
-        if di % 8 != 0
-            || ldx % 8 != 0
-            || (xs | conv_state | out | w | bias) % 16 != 0
-            || !(1..=8).contains(&k)
-        {
-            return Err(crate::error::ZambaError::InvalidInput(format!(
-                "conv1d_update needs d_inner and ldx multiples of 8, 16-byte aligned xs, conv_state, \
-                 out, weights and bias, and 1 ≤ K ≤ 8; got d_inner {di}, ldx {ldx}, K {k}"
-            )));
-        }
+        check_conv_layout("conv1d_update", di, ldx, xs | conv_state | out | w | bias, k)?;
         let mut a = Args::new();
         a.push(xs)
             .push(i(ldx))
