@@ -176,55 +176,47 @@ __device__ __forceinline__ void rmsnorm_row_v4(const void* a, const bf16* add, c
     }
 }
 
-// The kernels' shared body: PDL entry, then the row with the input type known at compile time.
-template <int HELD>
+// The kernels' shared body: PDL entry, then the row with the input type known at compile time,
+// HELD values per thread, as single values or (CHUNKS) in 4-value chunks (rmsnorm_row_v4). The
+// chunked forms are kernels of their own so that their register count is not the scalar path's;
+// the host picks them where the layout allows (D1 % 4 == 0, D2 % 4 == 0, fp32 a 16-byte aligned,
+// the bf16 buffers 8-byte aligned, the row within HELD values per thread).
+template <int HELD, bool CHUNKS>
 __device__ __forceinline__ void rmsnorm_kernel(const void* a, int a_f32, const bf16* add, const bf16* b,
                                                const int* rows, const bf16* w, bf16* out, int D1, int D2,
                                                float eps) {
     pdl_enter();  // first: every access below may depend on the previous kernel
-    if (a_f32)
+    if (CHUNKS && a_f32)
+        rmsnorm_row_v4<true, HELD / 4>(a, add, b, rows, w, out, D1, D2, eps);
+    else if (CHUNKS)
+        rmsnorm_row_v4<false, HELD / 4>(a, add, b, rows, w, out, D1, D2, eps);
+    else if (a_f32)
         rmsnorm_row<true, HELD>(a, add, b, rows, w, out, D1, D2, eps);
     else
         rmsnorm_row<false, HELD>(a, add, b, rows, w, out, D1, D2, eps);
 }
 
-// The same in 4-value chunks (rmsnorm_row_v4), in kernels of their own so that their register
-// count is not the scalar path's. The host picks them where the layout allows (D1 % 4 == 0,
-// D2 % 4 == 0, fp32 a 16-byte aligned, the bf16 buffers 8-byte aligned, the row within
-// 4 * HELD4 values per thread).
-template <int HELD4>
-__device__ __forceinline__ void rmsnorm_v4_kernel(const void* a, int a_f32, const bf16* add, const bf16* b,
-                                                  const int* rows, const bf16* w, bf16* out, int D1, int D2,
-                                                  float eps) {
-    pdl_enter();  // first: every access below may depend on the previous kernel
-    if (a_f32)
-        rmsnorm_row_v4<true, HELD4>(a, add, b, rows, w, out, D1, D2, eps);
-    else
-        rmsnorm_row_v4<false, HELD4>(a, add, b, rows, w, out, D1, D2, eps);
-}
-
 // 8 values held per thread (the decode launch: 1024 threads for a few long rows).
 extern "C" __global__ void rmsnorm(const void* a, int a_f32, const bf16* add, const bf16* b, const int* rows,
                                    const bf16* w, bf16* out, int D1, int D2, float eps) {
-    rmsnorm_kernel<8>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
+    rmsnorm_kernel<8, false>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
 }
 
 // 16 values held per thread (the prefill launch: 256 or 512 threads per row, many rows).
 extern "C" __global__ void rmsnorm_h16(const void* a, int a_f32, const bf16* add, const bf16* b, const int* rows,
                                        const bf16* w, bf16* out, int D1, int D2, float eps) {
-    rmsnorm_kernel<16>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
+    rmsnorm_kernel<16, false>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
 }
 
-// rmsnorm and rmsnorm_h16 in 4-value chunks (the same launches: 1024 threads holding 8 values
-// each, or 256 / 512 holding 16).
+// rmsnorm and rmsnorm_h16 in 4-value chunks (the same launches).
 extern "C" __global__ void rmsnorm_v4(const void* a, int a_f32, const bf16* add, const bf16* b, const int* rows,
                                       const bf16* w, bf16* out, int D1, int D2, float eps) {
-    rmsnorm_v4_kernel<2>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
+    rmsnorm_kernel<8, true>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
 }
 extern "C" __global__ void rmsnorm_h16_v4(const void* a, int a_f32, const bf16* add, const bf16* b,
                                           const int* rows, const bf16* w, bf16* out, int D1, int D2,
                                           float eps) {
-    rmsnorm_v4_kernel<4>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
+    rmsnorm_kernel<16, true>(a, a_f32, add, b, rows, w, out, D1, D2, eps);
 }
 
 // GELU-gated MLP activation: out[m, f] = bf16( gelu_erf(gu[m, f]) * gu[m, F + f] ), where each row
