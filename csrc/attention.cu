@@ -107,9 +107,10 @@ __device__ __forceinline__ void attn_combine_head(const float* acc_p, const floa
 // and holds q's values there in registers (loaded as 16-byte chunks, like K and V: ldqkv % 8 == 0
 // and 16-byte aligned buffers, which kv_append's launcher checks for the same qkv and cache). Per
 // group of DEC_KEYS keys a lane issues all of their K and V loads before it uses any, so that a
-// warp waits for one memory round trip per group, not two per key. With one key at a time (32 dependent steps per warp in a 128-key split) kv_append
-// and the attention cost 43 us per hybrid layer in the batch-1 decode graph on the H200, 7% of a
-// step; with 4 keys, 16 us (BENCHMARKS.md, fifth session).
+// warp waits for one memory round trip per group, not two per key. With one key at a time (32
+// dependent steps per warp in a 128-key split) kv_append and the attention cost 43 us per hybrid
+// layer in the batch-1 decode graph on the H200, 7% of a step; with 4 keys, 16 us (BENCHMARKS.md,
+// fifth session).
 // Launch: grid (NA, n_splits, B), block 32 * DEC_WARPS: attn_decode 4 warps, attn_decode_w8 8
 // (the host takes 8 for a few sequences: half the dependent steps per warp).
 #define DEC_KEYS 4
