@@ -49,6 +49,10 @@ pub struct BenchArgs {
     /// copy bandwidth.
     #[arg(long)]
     pub gemv_ab: bool,
+    /// Instead of the model bench: time every decode GEMM shape (batch rows `-b`) through
+    /// cublasGemmEx and through each algorithm cuBLASLt's heuristic offers for it.
+    #[arg(long)]
+    pub gemm_lt: bool,
 }
 
 /// Measured ceilings of this GPU.
@@ -60,7 +64,7 @@ pub struct Roofline {
     pub gemm_flops_per_s: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
@@ -153,7 +157,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         ));
     }
     if a.gemv_ab {
-        return gemv_ab(a.batch);
+        return crate::bench_gemm::gemv_ab(a.batch);
+    }
+    if a.gemm_lt {
+        return crate::bench_gemm::gemm_lt(a.batch);
     }
     let ctx = a.prompt + a.gen + 1;
     let opts = GpuOptions {
@@ -281,99 +288,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 r.test, r.batch, r.tokens_per_s, r.roofline_pct
             );
         }
-    }
-    Ok(())
-}
-
-/// Times each decode GEMM of Zamba-7B (M = `m` activation rows) back to back in a CUDA graph, as
-/// the decode step runs them, through cuBLAS, through our skinny kernel (`gemv_m1` / `gemv_m8`)
-/// and, for M = 1, through the persistent pipelined one (`gemv_pipe`), with enough rotating weight
-/// copies (≥ 512 MB) that L2 never holds them. Prints µs per call and the weight bytes per second
-/// as a percentage of the copy bandwidth; "—" where a kernel does not take the shape.
-fn gemv_ab(m: usize) -> Result<()> {
-    use crate::gpu::GemvMode;
-    if m > 8 {
-        return Err(ZambaError::InvalidInput("--gemv-ab takes -b 1..=8".into()));
-    }
-    let mut gpu = Gpu::new(0)?;
-    let roof = measure_roofline(&gpu)?;
-    let blas = Blas::new(&gpu)?;
-    // (name, N, K, batch): per-head x_proj and dt_proj run batched over the 2 mamba heads.
-    let shapes = [
-        ("in_proj", 14848, 3712, 1),
-        ("out_proj", 3712, 7424, 1),
-        ("x_proj (2 heads)", 264, 3712, 2),
-        ("dt_proj (2 heads)", 3712, 232, 2),
-        ("qkv", 22272, 7424, 1),
-        ("o_proj / linear", 3712, 3712, 1),
-        ("gate_up", 29696, 3712, 1),
-        ("down", 3712, 14848, 1),
-        ("lm_head", 32000, 3712, 1),
-    ];
-    println!(
-        "copy bandwidth (measured now): {:.2} TB/s; M = {m}; {} SMs",
-        roof.copy_bytes_per_s / 1e12,
-        gpu.sm_count
-    );
-    println!(
-        "| GEMM | N × K × batch | MB | cuBLAS µs | cuBLAS % of copy | ours µs | ours % of copy | pipe µs | pipe % of copy |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (name, n, k, batch) in shapes {
-        let bytes = n * k * batch * 2;
-        let copies = (512usize << 20).div_ceil(bytes).clamp(2, 64);
-        let ws: Vec<DeviceBuf> = (0..copies)
-            .map(|_| DeviceBuf::new(bytes, "the GEMV bench"))
-            .collect::<Result<_>>()?;
-        for (i, w) in ws.iter().enumerate() {
-            gpu.fill_uniform_bf16(w.ptr(), bytes / 2, i as u64, -0.02, 0.02)?;
-        }
-        let x = DeviceBuf::new(m * k * batch * 2, "the GEMV bench")?;
-        let y = DeviceBuf::new(m * n * batch * 4, "the GEMV bench")?;
-        gpu.fill_uniform_bf16(x.ptr(), m * k * batch, 7, -1.0, 1.0)?;
-        let gemm = |w: u64| Gemm {
-            batch,
-            ldx: k * batch,
-            stride_x: k,
-            stride_w: n * k,
-            ldy: n * batch,
-            stride_y: n,
-            ..Gemm::linear(x.ptr(), w, y.ptr(), m, n, k)
-        };
-        let mut cells = Vec::new();
-        for mode in [GemvMode::Cublas, GemvMode::UpTo8, GemvMode::Pipe] {
-            gpu.gemv_mode = mode;
-            // One call outside the graph: a warm-up, and the check that the kernel takes the shape
-            // (else the column would time cuBLAS again).
-            if mode != GemvMode::Cublas && !gpu.gemv(&gemm(ws[0].ptr()))? {
-                cells.push("— | —".to_string());
-                continue;
-            }
-            // 100 calls captured in one CUDA graph (as the decode step runs them), replayed.
-            let calls = 100;
-            let graph = gpu.capture("capturing the GEMV bench", || {
-                for c in 0..calls {
-                    crate::gpu::gemm::run(&gpu, &blas, &gemm(ws[c % copies].ptr()))?;
-                }
-                Ok(())
-            })?;
-            let mut t = Vec::new();
-            for _ in 0..5 {
-                gpu.sync()?;
-                let s = Instant::now();
-                crate::gpu::mem::cu("replaying the GEMV bench", graph.launch())?;
-                gpu.sync()?;
-                t.push(s.elapsed().as_secs_f64() / calls as f64);
-            }
-            let time = median(t[1..].to_vec());
-            let pct = 100.0 * bytes as f64 / time / roof.copy_bytes_per_s;
-            cells.push(format!("{:.1} | {pct:.1}", time * 1e6));
-        }
-        println!(
-            "| {name} | {n} × {k} × {batch} | {:.1} | {} |",
-            bytes as f64 / 1e6,
-            cells.join(" | ")
-        );
     }
     Ok(())
 }

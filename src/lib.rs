@@ -11,6 +11,7 @@
 //! - [`cli`] and [`bench`]: the `zamba-run` command line and its benchmark.
 
 pub mod bench;
+pub mod bench_gemm;
 pub mod cli;
 pub mod config;
 pub mod cpu;

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod device;
 pub mod engine;
 pub mod gemm;
+pub mod gemm_lt;
 pub mod kernels;
 pub mod loader;
 pub mod mem;

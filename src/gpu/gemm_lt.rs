@@ -1,0 +1,233 @@
+//! The same row-major products as `gemm.rs`, through cuBLASLt with an explicit algorithm: a plan
+//! holds the operation's descriptors for one shape and the algorithms cuBLASLt's heuristic offers
+//! for it, so that a caller can time them and keep the fastest (cublasGemmEx picks one by
+//! heuristic alone; at decode's few rows its pick is often a split-K GEMM plus a separate reduce).
+//!
+//! Layout mapping as in gemm.rs: row-major `Y = X · Wᵀ` is column-major `Yᵀ = W · Xᵀ`, so A = W
+//! (op T, stored k × n with leading dimension ldw), B = X (op N, k × m, ldx), C = D = Y (n × m,
+//! ldy), batched by strides.
+
+use std::ffi::c_void;
+
+use cudarc::cublaslt::{result as lt, sys as ls};
+
+use super::device::Gpu;
+use super::gemm::Gemm;
+use super::mem::DeviceBuf;
+use crate::error::{Result, ZambaError};
+
+/// Workspace bytes each cuBLASLt algorithm may use.
+pub const LT_WORKSPACE: usize = 32 << 20;
+
+fn check<T>(what: &str, r: std::result::Result<T, lt::CublasError>) -> Result<T> {
+    r.map_err(|e| ZambaError::Cuda {
+        context: what.to_string(),
+        message: format!("{e:?}"),
+    })
+}
+
+/// A cuBLASLt handle and its workspace.
+pub struct Lt {
+    handle: ls::cublasLtHandle_t,
+    workspace: DeviceBuf,
+}
+
+/// One GEMM shape's descriptors and the algorithms the heuristic returned for it, best first.
+pub struct LtPlan {
+    desc: ls::cublasLtMatmulDesc_t,
+    layouts: [ls::cublasLtMatrixLayout_t; 3],
+    pub algos: Vec<ls::cublasLtMatmulHeuristicResult_t>,
+}
+
+impl Drop for LtPlan {
+    fn drop(&mut self) {
+        // SAFETY: the descriptors were created in `Lt::plan` and are destroyed exactly once.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.desc);
+            for l in self.layouts {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
+fn layout(
+    dtype: ls::cudaDataType,
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    batch: usize,
+    stride: usize,
+) -> Result<ls::cublasLtMatrixLayout_t> {
+    let l = check(
+        "creating a cuBLASLt layout",
+        lt::create_matrix_layout(dtype, rows as u64, cols as u64, ld as i64),
+    )?;
+    if batch > 1 {
+        let (count, offset) = (batch as i32, stride as i64);
+        // SAFETY: l is live; each value is the attribute's documented type (int32, int64).
+        unsafe {
+            check(
+                "setting a cuBLASLt batch count",
+                lt::set_matrix_layout_attribute(
+                    l,
+                    ls::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                    &count as *const i32 as *const c_void,
+                    4,
+                ),
+            )?;
+            check(
+                "setting a cuBLASLt batch stride",
+                lt::set_matrix_layout_attribute(
+                    l,
+                    ls::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                    &offset as *const i64 as *const c_void,
+                    8,
+                ),
+            )?;
+        }
+    }
+    Ok(l)
+}
+
+impl Lt {
+    pub fn new(gpu: &Gpu) -> Result<Self> {
+        super::mem::cu("binding the context", gpu.ctx.bind_to_thread())?;
+        let handle = check("creating the cuBLASLt handle", lt::create_handle())?;
+        let workspace = DeviceBuf::new(LT_WORKSPACE, "the cuBLASLt workspace")?;
+        Ok(Lt { handle, workspace })
+    }
+
+    /// The descriptors of `g`'s shape and up to `max_algos` algorithms for it.
+    pub fn plan(&self, g: &Gemm, max_algos: usize) -> Result<LtPlan> {
+        let bf = ls::cudaDataType::CUDA_R_16BF;
+        let yt = if g.y_f32 { ls::cudaDataType::CUDA_R_32F } else { bf };
+        let desc = check(
+            "creating a cuBLASLt matmul",
+            lt::create_matmul_desc(
+                ls::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                ls::cudaDataType::CUDA_R_32F,
+            ),
+        )?;
+        // The plan owns what is created from here on (Drop destroys it on an early return).
+        let mut plan = LtPlan {
+            desc,
+            layouts: [std::ptr::null_mut(); 3],
+            algos: Vec::new(),
+        };
+        let trans_a: i32 = if g.w_rows_are_outputs { 1 } else { 0 }; // CUBLAS_OP_T / CUBLAS_OP_N
+                                                                     // SAFETY: desc is live; the value is the attribute's type (cublasOperation_t, int32).
+        unsafe {
+            check(
+                "setting cuBLASLt transa",
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                    &trans_a as *const i32 as *const c_void,
+                    4,
+                ),
+            )?;
+        }
+        let (a_rows, a_cols) = if g.w_rows_are_outputs {
+            (g.k, g.n)
+        } else {
+            (g.n, g.k)
+        };
+        plan.layouts[0] = layout(bf, a_rows, a_cols, g.ldw, g.batch, g.stride_w)?;
+        plan.layouts[1] = layout(bf, g.k, g.m, g.ldx, g.batch, g.stride_x)?;
+        plan.layouts[2] = layout(yt, g.n, g.m, g.ldy, g.batch, g.stride_y)?;
+        let pref = check("creating a cuBLASLt preference", lt::create_matmul_pref())?;
+        let ws = LT_WORKSPACE as u64;
+        let mut results = vec![
+            ls::cublasLtMatmulHeuristicResult_t {
+                algo: ls::cublasLtMatmulAlgo_t { data: [0; 8] },
+                workspaceSize: 0,
+                state: ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS,
+                wavesCount: 0.0,
+                reserved: [0; 4],
+            };
+            max_algos.max(1)
+        ];
+        let mut count = 0i32;
+        // SAFETY: every descriptor is live; `results` holds max_algos entries, the count passed.
+        let r = unsafe {
+            let set = lt::set_matmul_pref_attribute(
+                pref,
+                ls::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const u64 as *const c_void,
+                8,
+            );
+            let got = set.and_then(|()| {
+                ls::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    desc,
+                    plan.layouts[0],
+                    plan.layouts[1],
+                    plan.layouts[2],
+                    plan.layouts[2],
+                    pref,
+                    results.len() as i32,
+                    results.as_mut_ptr(),
+                    &mut count,
+                )
+                .result()
+            });
+            let _ = lt::destroy_matmul_pref(pref);
+            got
+        };
+        check("asking cuBLASLt for algorithms", r)?;
+        results.truncate(count.max(0) as usize);
+        results.retain(|h| {
+            h.state == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS && h.workspaceSize <= LT_WORKSPACE
+        });
+        plan.algos = results;
+        Ok(plan)
+    }
+
+    /// Enqueues `g` (whose shape `plan` was made for) with the plan's algorithm `which` on the
+    /// engine's stream.
+    pub fn run(&self, gpu: &Gpu, plan: &LtPlan, which: usize, g: &Gemm) -> Result<()> {
+        let h = plan.algos.get(which).ok_or_else(|| {
+            ZambaError::InvalidInput(format!("cuBLASLt algorithm {which} of {}", plan.algos.len()))
+        })?;
+        // SAFETY: the plan's descriptors are live and describe g's shape (the caller's contract);
+        // the addresses are the engine's allocations sized for that shape; alpha and beta outlive
+        // the (host-pointer) call; the workspace is LT_WORKSPACE bytes, at least h.workspaceSize.
+        let r = unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                &g.alpha as *const f32 as *const c_void,
+                &g.beta as *const f32 as *const c_void,
+                g.w as *const c_void,
+                plan.layouts[0],
+                g.x as *const c_void,
+                plan.layouts[1],
+                g.y as *const c_void,
+                plan.layouts[2],
+                g.y as *mut c_void,
+                plan.layouts[2],
+                &h.algo,
+                self.workspace.ptr() as *mut c_void,
+                LT_WORKSPACE,
+                gpu.cu_stream() as ls::cudaStream_t,
+            )
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(_) => check(
+                &format!("cuBLASLt GEMM {}x{}x{} (batch {})", g.m, g.n, g.k, g.batch),
+                r,
+            ),
+        }
+    }
+}
+
+impl Drop for Lt {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created in new() and is destroyed exactly once.
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
