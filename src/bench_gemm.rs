@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::bench::{measure_roofline, median, Roofline};
 use crate::error::{Result, ZambaError};
 use crate::gpu::gemm::{Blas, Gemm};
-use crate::gpu::gemm_lt::Lt;
+use crate::gpu::gemm_lt::{describe, Lt};
 use crate::gpu::mem::DeviceBuf;
 use crate::gpu::Gpu;
 
@@ -175,6 +175,19 @@ pub fn gemm_lt(m: usize) -> Result<()> {
                 i,
                 time_calls(&gpu, |c| lt.run(&gpu, &plan, i, &b.gemm(c, m, shape)))?,
             ));
+        }
+        // The heuristic's first pick under each split-K reduction mask.
+        for mask in [0u32, 1, 2, 4] {
+            let p = lt.plan_with(&b.gemm(0, m, shape), 1, Some(mask))?;
+            if p.algos.is_empty() || lt.run(&gpu, &p, 0, &b.gemm(0, m, shape)).and_then(|()| gpu.sync()).is_err() {
+                eprintln!("  {name}: mask {mask}: none");
+                continue;
+            }
+            let t = time_calls(&gpu, |c| lt.run(&gpu, &p, 0, &b.gemm(c, m, shape)))?;
+            eprintln!("  {name}: mask {mask}: {:.1} us ({})", t * 1e6, describe(&p.algos[0]));
+        }
+        for &(i, t) in &times {
+            eprintln!("  {name}: #{i}: {:.1} us ({})", t * 1e6, describe(&plan.algos[i]));
         }
         let first = times.iter().find(|t| t.0 == 0).map(|t| cell(t.1, b.bytes, &roof));
         let best = times.iter().min_by(|a, b| a.1.total_cmp(&b.1));

@@ -100,6 +100,13 @@ impl Lt {
 
     /// The descriptors of `g`'s shape and up to `max_algos` algorithms for it.
     pub fn plan(&self, g: &Gemm, max_algos: usize) -> Result<LtPlan> {
+        self.plan_with(g, max_algos, None)
+    }
+
+    /// As `plan`, with the split-K reductions the heuristic may choose limited to
+    /// `reduction_mask` (cublasLtReductionScheme_t bits: 1 in place, 2 in the compute type, 4 in
+    /// the output type; 0: no split-K).
+    pub fn plan_with(&self, g: &Gemm, max_algos: usize, reduction_mask: Option<u32>) -> Result<LtPlan> {
         let bf = ls::cudaDataType::CUDA_R_16BF;
         let yt = if g.y_f32 { ls::cudaDataType::CUDA_R_32F } else { bf };
         let desc = check(
@@ -157,6 +164,17 @@ impl Lt {
                 &ws as *const u64 as *const c_void,
                 8,
             );
+            let set = match reduction_mask {
+                Some(mask) => set.and_then(|()| {
+                    lt::set_matmul_pref_attribute(
+                        pref,
+                        ls::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                        &mask as *const u32 as *const c_void,
+                        4,
+                    )
+                }),
+                None => set,
+            };
             let got = set.and_then(|()| {
                 ls::cublasLtMatmulAlgoGetHeuristic(
                     self.handle,
@@ -221,6 +239,32 @@ impl Lt {
             ),
         }
     }
+}
+
+/// An algorithm's configuration in words: tile id, split-K count, reduction scheme, stages id.
+pub fn describe(h: &ls::cublasLtMatmulHeuristicResult_t) -> String {
+    use ls::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let get = |attr: A| -> u32 {
+        let (mut v, mut written) = (0u32, 0usize);
+        // SAFETY: algo is an initialised algorithm from the heuristic; the buffer is 4 bytes,
+        // the size of these attributes (uint32 / int32).
+        let r = unsafe {
+            ls::cublasLtMatmulAlgoConfigGetAttribute(&h.algo, attr, &mut v as *mut u32 as *mut c_void, 4, &mut written)
+        };
+        if r == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            v
+        } else {
+            u32::MAX
+        }
+    };
+    format!(
+        "tile {} splitK {} red {} stages {} ws {} KB",
+        get(A::CUBLASLT_ALGO_CONFIG_TILE_ID),
+        get(A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
+        get(A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
+        get(A::CUBLASLT_ALGO_CONFIG_STAGES_ID),
+        h.workspaceSize >> 10
+    )
 }
 
 impl Drop for Lt {
