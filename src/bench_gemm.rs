@@ -146,9 +146,12 @@ pub fn gemv_ab(m: usize) -> Result<()> {
 
 /// Times each decode GEMM (M = `m` activation rows) through cublasGemmEx (its heuristic's pick)
 /// and through every algorithm cuBLASLt's heuristic returns for the shape (up to 24): the first
-/// one (the heuristic's pick), the fastest, and how many there were.
+/// one (the heuristic's pick), the fastest, and how many there were; on stderr, each algorithm's
+/// configuration, and `skinny_gemm` (csrc/skinny.cu) where it takes the shape.
 pub fn gemm_lt(m: usize) -> Result<()> {
-    let gpu = Gpu::new(0)?;
+    let mut gpu = Gpu::new(0)?;
+    gpu.skinny_mode = crate::gpu::SkinnyMode::All;
+    let gpu = gpu;
     let roof = measure_roofline(&gpu)?;
     let (blas, lt) = (Blas::new(&gpu)?, Lt::new(&gpu)?);
     header(&gpu, &roof, m);
@@ -160,6 +163,11 @@ pub fn gemm_lt(m: usize) -> Result<()> {
         let b = ShapeBufs::new(&gpu, m, n, k, batch)?;
         let shape = (n, k, batch, residual);
         let t_ex = time_calls(&gpu, |c| blas.gemm(&b.gemm(c, m, shape)))?;
+        // csrc/skinny.cu where it takes the shape (9–64 rows, unbatched).
+        if gpu.skinny(&b.gemm(0, m, shape))? {
+            let t = time_calls(&gpu, |c| gpu.skinny(&b.gemm(c, m, shape)).map(|_| ()))?;
+            eprintln!("  {name}: skinny_gemm {}", cell(t, b.bytes, &roof));
+        }
         let plan = lt.plan(&b.gemm(0, m, shape), 24)?;
         let mut times = Vec::new();
         for i in 0..plan.algos.len() {
@@ -179,12 +187,21 @@ pub fn gemm_lt(m: usize) -> Result<()> {
         // The heuristic's first pick under each split-K reduction mask.
         for mask in [0u32, 1, 2, 4] {
             let p = lt.plan_with(&b.gemm(0, m, shape), 1, Some(mask))?;
-            if p.algos.is_empty() || lt.run(&gpu, &p, 0, &b.gemm(0, m, shape)).and_then(|()| gpu.sync()).is_err() {
+            if p.algos.is_empty()
+                || lt
+                    .run(&gpu, &p, 0, &b.gemm(0, m, shape))
+                    .and_then(|()| gpu.sync())
+                    .is_err()
+            {
                 eprintln!("  {name}: mask {mask}: none");
                 continue;
             }
             let t = time_calls(&gpu, |c| lt.run(&gpu, &p, 0, &b.gemm(c, m, shape)))?;
-            eprintln!("  {name}: mask {mask}: {:.1} us ({})", t * 1e6, describe(&p.algos[0]));
+            eprintln!(
+                "  {name}: mask {mask}: {:.1} us ({})",
+                t * 1e6,
+                describe(&p.algos[0])
+            );
         }
         for &(i, t) in &times {
             eprintln!("  {name}: #{i}: {:.1} us ({})", t * 1e6, describe(&plan.algos[i]));

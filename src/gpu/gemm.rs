@@ -211,9 +211,10 @@ impl Drop for Blas {
     }
 }
 
-/// Runs `g` with the skinny-GEMM kernel when it applies (decode: at most 8 rows), else cuBLAS.
+/// Runs `g` with the skinny-GEMM kernels when they apply (decode: at most 8 rows, csrc/gemv.cu;
+/// 9 to 64, csrc/skinny.cu), else cuBLAS.
 pub fn run(gpu: &Gpu, blas: &Blas, g: &Gemm) -> Result<()> {
-    if !gpu.gemv(g)? {
+    if !gpu.gemv(g)? && !gpu.skinny(g)? {
         blas.gemm(g)?;
     }
     Ok(())
