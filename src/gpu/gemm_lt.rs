@@ -249,7 +249,13 @@ pub fn describe(h: &ls::cublasLtMatmulHeuristicResult_t) -> String {
         // SAFETY: algo is an initialised algorithm from the heuristic; the buffer is 4 bytes,
         // the size of these attributes (uint32 / int32).
         let r = unsafe {
-            ls::cublasLtMatmulAlgoConfigGetAttribute(&h.algo, attr, &mut v as *mut u32 as *mut c_void, 4, &mut written)
+            ls::cublasLtMatmulAlgoConfigGetAttribute(
+                &h.algo,
+                attr,
+                &mut v as *mut u32 as *mut c_void,
+                4,
+                &mut written,
+            )
         };
         if r == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
             v
