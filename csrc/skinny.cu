@@ -38,11 +38,17 @@
 #define SK_STAGES 4
 #define SK_THREADS 256
 
-#if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void sk_ldsm4(uint32_t (&r)[4], uint32_t addr) {
+// The sm_90 primitives the kernel uses, each taking shared memory as a pointer, so that
+// scripts/skinny_emu.cpp can run the kernel on the CPU with host versions of them
+// (SKINNY_HOST_EMU).
+#ifdef SKINNY_HOST_EMU
+#include "skinny_emu_ops.h"
+#elif __CUDA_ARCH__ >= 900
+// ldmatrix x4: lanes 8j..8j+7 give the row addresses of 8x8 matrix j; r[j] is this lane's pair.
+__device__ __forceinline__ void sk_ldsm4(uint32_t (&r)[4], const bf16* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
+                 : "r"(shared_addr(p)));
 }
 __device__ __forceinline__ void sk_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile(
@@ -60,7 +66,17 @@ __device__ __forceinline__ void sk_row(bf16* dst, const bf16* src, uint64_t* bar
         "l"(src), "n"(SK_BK * 2), "r"(shared_addr(bar))
         : "memory");
 }
-
+// An mbarrier for one arrival per phase.
+__device__ __forceinline__ void sk_init(uint64_t* bar) { mbar_init(bar, 1); }
+// Arrives once on bar and raises the bytes its current phase waits for.
+__device__ __forceinline__ void sk_expect(uint64_t* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(bar)), "r"(bytes)
+                 : "memory");
+}
+// The mbarriers' initialisation, and the block's generic-proxy shared-memory writes, ordered
+// before the async proxy's (TMA) accesses that follow.
+__device__ __forceinline__ void sk_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
+__device__ __forceinline__ void sk_fence_proxy() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 // Waits for the mbarrier's phase `parity` to complete, as mbar_wait (async_copy.cuh) does, but
 // traps after 2 s: a copy that never arrives becomes a launch error instead of a hung GPU.
 __device__ __forceinline__ void sk_wait(uint64_t* bar, unsigned parity) {
@@ -79,7 +95,9 @@ __device__ __forceinline__ void sk_wait(uint64_t* bar, unsigned parity) {
         else if (t - t0 > 2000000000ull) __trap();
     }
 }
+#endif
 
+#if __CUDA_ARCH__ >= 900 || defined(SKINNY_HOST_EMU)
 // The epilogue's write of one value: bf16, or fp32 added onto Y (acc) or replacing it.
 __device__ __forceinline__ void sk_store(void* y, size_t i, float v, int y_f32, int acc) {
     if (y_f32) {
@@ -94,7 +112,7 @@ __device__ __forceinline__ void sk_store(void* y, size_t i, float v, int y_f32, 
 extern "C" __global__ void __launch_bounds__(SK_THREADS, 1)
     skinny_gemm(const bf16* x, int ldx, const bf16* W, int ldw, void* y, int ldy, int M, int K,
                 int y_f32, int acc, float* ws, unsigned* counters) {
-#if __CUDA_ARCH__ >= 900
+#if __CUDA_ARCH__ >= 900 || defined(SKINNY_HOST_EMU)
     extern __shared__ __align__(128) unsigned char sk_raw[];
     bf16* sk_buf = reinterpret_cast<bf16*>(sk_raw);  // [SK_STAGES][SK_BN + SK_BM][SK_LD]
     uint64_t* full = reinterpret_cast<uint64_t*>(sk_raw + (size_t)SK_STAGES * (SK_BN + SK_BM) * SK_LD * 2);
@@ -109,10 +127,7 @@ extern "C" __global__ void __launch_bounds__(SK_THREADS, 1)
     // stage's expected bytes for both first.
     auto issue = [&](int c, int st, bool with_w, bool with_x) {
         if (with_w) {
-            if (lane == 0)
-                asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(full + st)),
-                             "r"((SK_BN + M) * SK_BK * 2)
-                             : "memory");
+            if (lane == 0) sk_expect(full + st, (SK_BN + M) * SK_BK * 2);
             __syncwarp();
             for (int r = lane; r < SK_BN; r += 32)
                 sk_row(stage_w(st) + r * SK_LD, W + (size_t)(n0 + r) * ldw + (size_t)c * SK_BK, full + st);
@@ -122,15 +137,15 @@ extern "C" __global__ void __launch_bounds__(SK_THREADS, 1)
                 sk_row(stage_x(st) + r * SK_LD, x + (size_t)r * ldx + (size_t)c * SK_BK, full + st);
     };
     pdl_trigger();
-    if (tid < SK_STAGES) mbar_init(full + tid, 1);
+    if (tid < SK_STAGES) sk_init(full + tid);
     // X rows >= M stay zero in every stage (never copied).
     for (int e = tid; e < SK_STAGES * (SK_BM - M) * (SK_LD / 8); e += SK_THREADS) {
         const int st = e / ((SK_BM - M) * (SK_LD / 8)), rem = e % ((SK_BM - M) * (SK_LD / 8));
         reinterpret_cast<uint4*>(stage_x(st) + (M + rem / (SK_LD / 8)) * SK_LD)[rem % (SK_LD / 8)] =
             make_uint4(0, 0, 0, 0);
     }
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    sk_fence_init();
+    sk_fence_proxy();
     __syncthreads();
     if (warp == 0)
         for (int st = 0; st < SK_STAGES - 1 && st < nc; ++st) issue(c0 + st, st, true, false);
@@ -153,7 +168,7 @@ extern "C" __global__ void __launch_bounds__(SK_THREADS, 1)
         // Chunk i + SK_STAGES - 1 goes into that stage (at i = 0: the last stage, still unused).
         const int next = i + SK_STAGES - 1;
         if (warp == 0 && next < nc) {
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            sk_fence_proxy();
             issue(c0 + next, next % SK_STAGES, true, true);
         }
         sk_wait(full + i % SK_STAGES, (i / SK_STAGES) & 1);
@@ -162,12 +177,12 @@ extern "C" __global__ void __launch_bounds__(SK_THREADS, 1)
 #pragma unroll
         for (int kk = 0; kk < SK_BK; kk += 16) {
             uint32_t b[4];
-            sk_ldsm4(b, shared_addr(sw + b_row * SK_LD + kk + b_k));
+            sk_ldsm4(b, sw + b_row * SK_LD + kk + b_k);
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi) {
                 if (mi < mtiles) {
                     uint32_t a[4];
-                    sk_ldsm4(a, shared_addr(sx + (mi * 16 + a_row) * SK_LD + kk + a_k));
+                    sk_ldsm4(a, sx + (mi * 16 + a_row) * SK_LD + kk + a_k);
                     sk_mma(accs[mi][0], a, b[0], b[1]);
                     sk_mma(accs[mi][1], a, b[2], b[3]);
                 }
