@@ -1,12 +1,12 @@
-// Skinny GEMM on the tensor cores, for decode batches of 9 to 64 rows:
+// Skinny GEMM on the tensor cores, for decode batches of up to 64 rows:
 //   Y[m, n] = sum_k X[m, k] * W[n, k]          (+ Y[m, n] with acc: fp32 Y only)
 // X bf16 [M][ldx] (M <= 64), W bf16 [N][ldw] (a Linear weight), fp32 accumulation; Y bf16 (the
 // sum rounded once) or fp32.
 //
-// Why: at 9-64 rows these GEMMs are weight streams (64 rows of X are 1-2% of the bytes), and
+// Why: at up to 64 rows these GEMMs are weight streams (64 rows of X are 1-2% of the bytes), and
 // cuBLAS's picks for the N = 3712 ones (out_proj, o_proj, down, linear) split K and reduce in a
-// second kernel, or leave SMs idle: out_proj at 64 rows took 20.5 us for 55 MB (64% of copy
-// bandwidth; BENCHMARKS.md, `bench --gemm-lt`).
+// second kernel, or leave SMs idle: out_proj at 64 rows took 20.5 us for 55 MB, o_proj at one
+// row 11.8 us for 28 MB (64% and 55% of copy bandwidth; BENCHMARKS.md, `bench --gemm-lt`).
 //
 // Tiling: block (t, s) owns W rows [128 t, 128 t + 128) (the N tile) and the s-th of S equal
 // ranges of K's 128-wide chunks. 8 warps; warp w owns tile rows [16 w, 16 w + 16) (two n8 tiles)

@@ -60,17 +60,17 @@ if [[ $what == *" envs "* ]]; then
 fi
 if [[ $what == *" skinny "* ]]; then
   # The tensor-core skinny GEMM (csrc/skinny.cu; not part of `all`): its test under a time limit,
-  # each decode GEMM shape at 16, 32 and 64 rows through cuBLAS, cuBLASLt and skinny_gemm, then
-  # tg32 at batch 64 and 16 with it off, on the N <= 4096 shapes, and on every shape, twice.
+  # each decode GEMM shape at 1, 16, 32 and 64 rows through cuBLAS, cuBLASLt and skinny_gemm, then
+  # tg32 at batch 64, 16 and 1 with it off, on the N <= 4096 shapes, and on every shape, twice.
   echo "=== test-gpu_kernels_gemm (skinny)"
   timeout 120 .gpu/bin/test-gpu_kernels_gemm --test-threads=1 tensor 2>&1 | tee -a "$out/skinny.log" \
     | grep -E "test |result|panicked|differ|max abs" || true
-  for b in 64 32 16; do
+  for b in 64 32 16 1; do
     echo "=== zamba-run bench --gemm-lt -b $b"
     timeout 120 .gpu/bin/zamba-run bench --gemm-lt -b $b 2>&1 | tee -a "$out/skinny.log" \
       | grep -E "skinny|^\| [a-z]" || true
   done
-  for b in 64 16; do
+  for b in 64 16 1; do
     for round in 1 2; do
       for v in 0 small all; do
         echo "=== ZAMBA_SKINNY=$v zamba-run bench --random -p 512 -n 32 -b $b"

@@ -163,7 +163,7 @@ pub fn gemm_lt(m: usize) -> Result<()> {
         let b = ShapeBufs::new(&gpu, m, n, k, batch)?;
         let shape = (n, k, batch, residual);
         let t_ex = time_calls(&gpu, |c| blas.gemm(&b.gemm(c, m, shape)))?;
-        // csrc/skinny.cu where it takes the shape (9–64 rows, unbatched).
+        // csrc/skinny.cu where it takes the shape (at most 64 rows, unbatched).
         if gpu.skinny(&b.gemm(0, m, shape))? {
             let t = time_calls(&gpu, |c| gpu.skinny(&b.gemm(c, m, shape)).map(|_| ()))?;
             eprintln!("  {name}: skinny_gemm {}", cell(t, b.bytes, &roof));

@@ -4,7 +4,7 @@
 //! out_proj, qkv, gate_up and down_proj of MLP 14848, lm_head of 32000; for the pipelined one also
 //! N of 1000, 5 and 777, K = 232 with and without row padding, and K = 8), with bf16 output and
 //! fp32 accumulation, and x_proj/dt_proj batched over the mamba heads; shapes they do not take
-//! fall back to cuBLAS; the tensor-core skinny GEMM (9–64 rows) on out_proj, o_proj, down_proj,
+//! fall back to cuBLAS; the tensor-core skinny GEMM (1–64 rows) on out_proj, o_proj, down_proj,
 //! in_proj and small shapes with uneven K splits, run twice (same bits: the split-K reduction is
 //! in a fixed order, and its counters reset). Inputs are random bf16 values, the same on both
 //! sides. Skips (and says so) on a machine without a GPU.
@@ -303,12 +303,15 @@ fn tensor_core_skinny_gemm_matches_cpu() {
         Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
     };
     // (M, N, K, fp32 output added onto Y): out_proj at 64 rows onto the residual, o_proj at 37,
-    // down_proj at 9, in_proj at 64 (116 N tiles: no K split), and small ones whose K splits
-    // unevenly (10 chunks of 128 over 8 blocks) or not at all (1 chunk).
+    // down_proj at 9 and 1, o_proj at 4 onto the residual, in_proj at 64 (116 N tiles: no K
+    // split), and small ones whose K splits unevenly (10 chunks of 128 over 8 blocks) or not at
+    // all (1 chunk).
     for (m, n, k, residual) in [
         (64, H, DI, true),
         (37, H, H, false),
         (9, H, F, false),
+        (1, H, F, false),
+        (4, H, H, true),
         (64, 2 * DI, H, false),
         (33, 384, 1280, true),
         (20, 256, 128, false),
@@ -347,12 +350,12 @@ fn tensor_core_skinny_gemm_matches_cpu() {
             assert!(runs[0] == runs[1], "{name}: two runs differ");
         }
     }
-    // Shapes it does not take: 8 rows (gemv's), 65 rows, N not a multiple of 128, K not of 128,
+    // Shapes it does not take: no rows, 65 rows, N not a multiple of 128, K not of 128,
     // a bf16 output added onto, heads batched, a misaligned X.
     let d = poisoned(&g, 1 << 20);
     let p = d.ptr();
     for bad in [
-        Gemm::linear(p, p, p, 8, 256, 128),
+        Gemm::linear(p, p, p, 0, 256, 128),
         Gemm::linear(p, p, p, 65, 256, 128),
         Gemm::linear(p, p, p, 16, XR, DH),
         Gemm::linear(p, p, p, 16, 256, R),

@@ -110,7 +110,7 @@ pub struct Gpu {
     pub pdl: bool,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
-    /// Which GEMMs of 9–64 rows go to csrc/skinny.cu instead of cuBLAS (see [`SkinnyMode`]).
+    /// Which GEMMs of 1–64 rows go to csrc/skinny.cu instead of cuBLAS (see [`SkinnyMode`]).
     pub skinny_mode: SkinnyMode,
     /// Runs the flash prefill with 32-key tiles even where the 64-key kernel fits (what GPUs with
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
@@ -139,9 +139,10 @@ pub enum GemvMode {
     Pipe,
 }
 
-/// Which GEMMs of 9 to 64 rows the tensor-core skinny GEMM (csrc/skinny.cu) takes from cuBLAS
-/// (`ZAMBA_SKINNY`): none (`0`), those with N ≤ 4096 (`small`: the split-K shapes, out_proj,
-/// o_proj, down, linear), or every one it fits (`all`).
+/// Which GEMMs of 1 to 64 rows (those csrc/gemv.cu does not take) the tensor-core skinny GEMM
+/// (csrc/skinny.cu) takes from cuBLAS (`ZAMBA_SKINNY`): none (`0`, the default), those with
+/// N ≤ 4096 (`small`: the shapes cuBLAS splits over K, out_proj, o_proj, down, linear), or every
+/// one it fits (`all`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SkinnyMode {
     Off,

@@ -211,8 +211,8 @@ impl Drop for Blas {
     }
 }
 
-/// Runs `g` with the skinny-GEMM kernels when they apply (decode: at most 8 rows, csrc/gemv.cu;
-/// 9 to 64, csrc/skinny.cu), else cuBLAS.
+/// Runs `g` with the skinny-GEMM kernels when they apply (decode: csrc/gemv.cu for at most 8 rows,
+/// then csrc/skinny.cu for at most 64, each as its mode picks), else cuBLAS.
 pub fn run(gpu: &Gpu, blas: &Blas, g: &Gemm) -> Result<()> {
     if !gpu.gemv(g)? && !gpu.skinny(g)? {
         blas.gemm(g)?;

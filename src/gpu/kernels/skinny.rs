@@ -1,4 +1,4 @@
-//! The tensor-core skinny GEMM (csrc/skinny.cu) for 9 to 64 rows, and its routing against cuBLAS.
+//! The tensor-core skinny GEMM (csrc/skinny.cu) for 1 to 64 rows, and its routing against cuBLAS.
 
 use super::*;
 use crate::gpu::device::SkinnyMode;
@@ -20,14 +20,14 @@ pub const SKINNY_TILE_BYTES: usize = BM * BN * 4;
 pub const SKINNY_MAX_TILES: usize = 1024;
 
 impl Gpu {
-    /// Runs `g` with `skinny_gemm` when [`SkinnyMode`] picks it and it fits: a GPU with TMA, 9 to
-    /// 64 rows, one (unbatched) Linear weight `[N, K]`, N and K multiples of 128, ldx and ldw of 8,
+    /// Runs `g` with `skinny_gemm` when [`SkinnyMode`] picks it and it fits: a GPU with TMA, 1 to
+    /// 64 rows (where `gemv` did not take them: it runs first), one (unbatched) Linear weight `[N, K]`, N and K multiples of 128, ldx and ldw of 8,
     /// 16-byte aligned X and W, alpha 1, and beta 0 (bf16 or fp32 Y) or 1 (fp32 Y). Returns
     /// false (and does nothing) otherwise. K is split over `sm_count / (N / 128)` blocks per N
     /// tile (at most 8, at most K / 128), so that the grid fills the GPU once.
     pub fn skinny(&self, g: &Gemm) -> Result<bool> {
         let fits = self.tma
-            && (9..=BM).contains(&g.m)
+            && (1..=BM).contains(&g.m)
             && g.batch <= 1
             && g.w_rows_are_outputs
             && g.n % BN == 0
