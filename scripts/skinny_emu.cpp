@@ -93,12 +93,15 @@ static int run(const Case& cs, std::mt19937& rng) {
 int main() {
     std::mt19937 rng(5);
     // (M, N, K, SMs, fp32 Y, added onto Y): K split evenly, unevenly (10 chunks over 8 blocks), not
-    // at all (more tiles than SMs, or one chunk); 1, 5, 9, 17, 37 and 64 rows; fewer chunks than
-    // ring stages.
+    // at all (more tiles than SMs, or one chunk); 1, 5, 9, 17, 33, 37 and 64 rows; fewer chunks
+    // than ring stages, and many more.
     const Case cases[] = {
         {64, 256, 1280, 16, true, true},  {37, 384, 512, 132, false, false}, {9, 128, 128, 132, false, false},
         {20, 256, 384, 2, false, false},  {17, 256, 2048, 8, true, false},   {64, 384, 256, 132, true, true},
         {1, 256, 1024, 132, false, false}, {5, 128, 768, 132, true, true},
+        // Many chunks per block, so that each ring stage is reused (its mbarrier's parity flips):
+        // 16 chunks in one block, and 12 in each of two.
+        {64, 128, 2048, 1, true, true},    {33, 256, 3072, 4, false, false},
     };
     int bad = 0;
     for (const Case& c : cases) bad |= run(c, rng);
