@@ -52,6 +52,7 @@
 // BK = 64, 212 registers on sm_80 and 215 on sm_90; BK = 32, 194 and 200 (16 barriers reserved:
 // the pair barrier's id is a register); one block (8 warps) per SM.
 #include "common.cuh"
+#include "mma.cuh"
 
 #define FA_BQ 64
 #define FA_WARPS 8
@@ -75,31 +76,6 @@ __device__ __forceinline__ void fa_cp_async_wait_all() { asm volatile("cp.async.
 // Barrier of the two warps of pair p (named barrier 1 + p; barrier 0 is __syncthreads).
 __device__ __forceinline__ void fa_pair_sync(int p) {
     asm volatile("bar.sync %0, 64;\n" ::"r"(1 + p) : "memory");
-}
-
-__device__ __forceinline__ void fa_ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void fa_ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void fa_ldsm_x2_trans(uint32_t (&r)[2], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(addr));
-}
-
-// D += A B for one m16n8k16 tile: bf16 inputs, fp32 accumulators.
-__device__ __forceinline__ void fa_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 // Two fp32 values as one bf16x2 register, `lo` in the low half (the lower column index).
@@ -237,13 +213,13 @@ __device__ __forceinline__ void fa_prefill(const bf16* __restrict__ qkv, int ldq
 #pragma unroll 2
                 for (int kk = 0; kk < HD / 16; ++kk) {
                     uint32_t a[4];
-                    fa_ldsm_x4(a, q_addr + kk * 32);
+                    ldsm_x4(a, q_addr + kk * 32);
 #pragma unroll
                     for (int np = 0; np < NS / 2; ++np) {
                         uint32_t b[4];
-                        fa_ldsm_x4(b, k_addr + (np * 16 * LD + kk * 16) * 2);
-                        fa_mma(s[2 * np], a, b[0], b[1]);
-                        fa_mma(s[2 * np + 1], a, b[2], b[3]);
+                        ldsm_x4(b, k_addr + (np * 16 * LD + kk * 16) * 2);
+                        mma_bf16_16816(s[2 * np], a, b[0], b[1]);
+                        mma_bf16_16816(s[2 * np + 1], a, b[2], b[3]);
                     }
                 }
             }
@@ -327,13 +303,13 @@ __device__ __forceinline__ void fa_prefill(const bf16* __restrict__ qkv, int ldq
                         const uint32_t addr = v_addr + (ks * 16 * LD + np * 16) * 2;
                         if (2 * np + 1 < NT) {
                             uint32_t b[4];
-                            fa_ldsm_x4_trans(b, addr);
-                            fa_mma(o[2 * np], pa, b[0], b[1]);
-                            fa_mma(o[2 * np + 1], pa, b[2], b[3]);
+                            ldsm_x4_trans(b, addr);
+                            mma_bf16_16816(o[2 * np], pa, b[0], b[1]);
+                            mma_bf16_16816(o[2 * np + 1], pa, b[2], b[3]);
                         } else if (2 * np < NT) {
                             uint32_t b[2];
-                            fa_ldsm_x2_trans(b, addr);
-                            fa_mma(o[2 * np], pa, b[0], b[1]);
+                            ldsm_x2_trans(b, addr);
+                            mma_bf16_16816(o[2 * np], pa, b[0], b[1]);
                         }
                     }
                 }

@@ -44,35 +44,19 @@
 #ifdef SKINNY_HOST_EMU
 #include "skinny_emu_ops.h"
 #elif __CUDA_ARCH__ >= 900
-// ldmatrix x4: lanes 8j..8j+7 give the row addresses of 8x8 matrix j; r[j] is this lane's pair.
-__device__ __forceinline__ void sk_ldsm4(uint32_t (&r)[4], const bf16* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(shared_addr(p)));
-}
+#include "mma.cuh"
+// ldmatrix x4 and mma.m16n8k16 (mma.cuh).
+__device__ __forceinline__ void sk_ldsm4(uint32_t (&r)[4], const bf16* p) { ldsm_x4(r, shared_addr(p)); }
 __device__ __forceinline__ void sk_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-        "{%8, %9}, {%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    mma_bf16_16816(c, a, b0, b1);
 }
 // One row (SK_BK bf16, 256 bytes) global -> shared by TMA, completing on bar (whose expected
 // bytes the issuing warp has raised for the whole stage).
-__device__ __forceinline__ void sk_row(bf16* dst, const bf16* src, uint64_t* bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-            shared_addr(dst)),
-        "l"(src), "n"(SK_BK * 2), "r"(shared_addr(bar))
-        : "memory");
-}
+__device__ __forceinline__ void sk_row(bf16* dst, const bf16* src, uint64_t* bar) { tma_copy(dst, src, SK_BK * 2, bar); }
 // An mbarrier for one arrival per phase.
 __device__ __forceinline__ void sk_init(uint64_t* bar) { mbar_init(bar, 1); }
 // Arrives once on bar and raises the bytes its current phase waits for.
-__device__ __forceinline__ void sk_expect(uint64_t* bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(bar)), "r"(bytes)
-                 : "memory");
-}
+__device__ __forceinline__ void sk_expect(uint64_t* bar, unsigned bytes) { mbar_arrive_expect_tx(bar, bytes); }
 // The mbarriers' initialisation, and the block's generic-proxy shared-memory writes, ordered
 // before the async proxy's (TMA) accesses that follow.
 __device__ __forceinline__ void sk_fence_init() { asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory"); }
@@ -81,14 +65,7 @@ __device__ __forceinline__ void sk_fence_proxy() { asm volatile("fence.proxy.asy
 // traps after 2 s: a copy that never arrives becomes a launch error instead of a hung GPU.
 __device__ __forceinline__ void sk_wait(uint64_t* bar, unsigned parity) {
     uint64_t t0 = 0;
-    for (;;) {
-        uint32_t done;
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done)
-            : "r"(shared_addr(bar)), "r"(parity)
-            : "memory");
-        if (done) return;
+    while (!mbar_try_wait(bar, parity)) {
         uint64_t t;
         asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
         if (t0 == 0) t0 = t;
