@@ -151,7 +151,6 @@ pub fn gemv_ab(m: usize) -> Result<()> {
 pub fn gemm_lt(m: usize) -> Result<()> {
     let mut gpu = Gpu::new(0)?;
     gpu.skinny_mode = crate::gpu::SkinnyMode::All;
-    let gpu = gpu;
     let roof = measure_roofline(&gpu)?;
     let (blas, lt) = (Blas::new(&gpu)?, Lt::new(&gpu)?);
     header(&gpu, &roof, m);

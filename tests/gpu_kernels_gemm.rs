@@ -18,6 +18,11 @@ use zamba::cpu::ops::{matmul, Mat};
 use zamba::gpu::gemm::{Blas, Gemm};
 use zamba::gpu::{GemvMode, Gpu, SkinnyMode};
 
+/// A `rows × cols` weight of the given values (already bf16-representable).
+fn to_mat(rows: usize, cols: usize, v: &[f32]) -> Mat {
+    Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
+}
+
 #[test]
 fn cublas_linear_batched_and_accumulate() {
     let Some(g) = gpu_or_skip("gemm") else { return };
@@ -31,7 +36,7 @@ fn cublas_linear_batched_and_accumulate() {
     let y = poisoned(&g, m * 2 * DI * 2);
     blas.gemm(&Gemm::linear(dx.ptr(), dw.ptr(), y.ptr(), m, 2 * DI, H))
         .unwrap();
-    let wm = Mat::new(2 * DI, H, w.iter().map(|&v| bf16::from_f32(v)).collect());
+    let wm = to_mat(2 * DI, H, &w);
     let want = matmul(&x, m, &wm);
     assert_close(
         "linear 7x14848x3712",
@@ -78,14 +83,7 @@ fn cublas_linear_batched_and_accumulate() {
         let xh: Vec<f32> = (0..m)
             .flat_map(|t| xc[t * DI + hh * DH..t * DI + (hh + 1) * DH].to_vec())
             .collect();
-        let wh = Mat::new(
-            XR,
-            DH,
-            wx[hh * XR * DH..(hh + 1) * XR * DH]
-                .iter()
-                .map(|&v| bf16::from_f32(v))
-                .collect(),
-        );
+        let wh = to_mat(XR, DH, &wx[hh * XR * DH..(hh + 1) * XR * DH]);
         let want = matmul(&xh, m, &wh);
         let goth: Vec<f32> = (0..m)
             .flat_map(|t| got[t * NH * XR + hh * XR..t * NH * XR + (hh + 1) * XR].to_vec())
@@ -99,9 +97,6 @@ fn skinny_gemv_matches_cpu_for_every_decode_shape() {
     let Some(mut g) = gpu_or_skip("gemv") else { return };
     g.gemv_mode = GemvMode::UpTo8;
     let mut rng = Rng(12);
-    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
-        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
-    };
     // (M, N, K): in_proj, out_proj, qkv, gate_up, down_proj, lm_head — at batch 1, 3 and 8.
     for (m, n, k) in [
         (1, 2 * DI, H),
@@ -166,9 +161,6 @@ fn pipelined_gemv_matches_cpu_for_every_decode_shape() {
     };
     g.gemv_mode = GemvMode::Pipe;
     let mut rng = Rng(13);
-    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
-        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
-    };
     // (N, K, ldw): in_proj, out_proj, qkv, o_proj / linear, gate_up, down, lm_head; then N that
     // divides by nothing, K = 232 (29 chunks a row, as dt_proj), a padded weight (ldw > K), fewer
     // rows than SMs, and one 16-byte chunk a row.
@@ -237,9 +229,6 @@ fn pipelined_gemv_matches_cpu_for_every_decode_shape() {
 }
 
 fn gemv_batched_heads(g: &Gpu, rng: &mut Rng, m: usize) {
-    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
-        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
-    };
     let xc = rng.bf16_vec(m * DI, -1.0, 1.0);
     let wx = rng.bf16_vec(NH * XR * DH, -0.05, 0.05);
     let (dxc, dwx) = (up_bf16(g, &xc), up_bf16(g, &wx));
@@ -299,9 +288,6 @@ fn tensor_core_skinny_gemm_matches_cpu() {
     };
     g.skinny_mode = SkinnyMode::All;
     let mut rng = Rng(21);
-    let to_mat = |rows: usize, cols: usize, v: &[f32]| {
-        Mat::new(rows, cols, v.iter().map(|&x| bf16::from_f32(x)).collect())
-    };
     // (M, N, K, fp32 output added onto Y): out_proj at 64 rows onto the residual, o_proj at 37,
     // down_proj at 9 and 1, o_proj at 4 onto the residual, in_proj at 64 (116 N tiles: no K
     // split), and small ones whose K splits unevenly (10 chunks of 128 over 8 blocks) or not at

@@ -96,9 +96,9 @@ impl Default for Args {
 /// Context, stream and loaded kernels.
 pub struct Gpu {
     /// `skinny_gemm`'s split-K partial tiles (one 64 × 128 fp32 tile per SM) and its per-tile
-    /// arrival counters (zeroed; each launch leaves them zero). First, so that it is freed
-    /// before the context.
-    pub(crate) skinny_ws: SkinnyWorkspace,
+    /// arrival counters (zeroed; each launch leaves them zero), on GPUs that can run it (TMA).
+    /// First, so that it is freed before the context.
+    pub(crate) skinny_ws: Option<SkinnyWorkspace>,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
@@ -310,10 +310,14 @@ impl Gpu {
             }
             functions.insert(name, (f.cu_function(), smem as u32, PDL_KERNELS.contains(&name)));
         }
-        cu("binding the context", ctx.bind_to_thread())?;
-        let skinny_ws = SkinnyWorkspace {
-            partials: DeviceBuf::new(sm_count * SKINNY_TILE_BYTES, "the skinny GEMM's partial tiles")?,
-            counters: DeviceBuf::zeroed(SKINNY_MAX_TILES * 4, "the skinny GEMM's counters")?,
+        let skinny_ws = if major >= 9 {
+            cu("binding the context", ctx.bind_to_thread())?;
+            Some(SkinnyWorkspace {
+                partials: DeviceBuf::new(sm_count * SKINNY_TILE_BYTES, "the skinny GEMM's partial tiles")?,
+                counters: DeviceBuf::zeroed(SKINNY_MAX_TILES * 4, "the skinny GEMM's counters")?,
+            })
+        } else {
+            None
         };
         Ok(Gpu {
             skinny_ws,

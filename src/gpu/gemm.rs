@@ -76,7 +76,8 @@ pub struct Blas {
 /// cuBLAS workspace bytes.
 pub const WORKSPACE: usize = 32 << 20;
 
-fn check(what: &str, r: std::result::Result<(), cublas::CublasError>) -> Result<()> {
+/// A cuBLAS or cuBLASLt status as the engine's error, with what was being done.
+pub(super) fn check<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>) -> Result<T> {
     r.map_err(|e| ZambaError::Cuda {
         context: what.to_string(),
         message: format!("{e:?}"),
@@ -198,7 +199,7 @@ impl Blas {
     }
 }
 
-fn cu_bind(gpu: &Gpu) -> Result<()> {
+pub(super) fn cu_bind(gpu: &Gpu) -> Result<()> {
     super::mem::cu("binding the context", gpu.ctx.bind_to_thread())
 }
 

@@ -12,19 +12,12 @@ use std::ffi::c_void;
 use cudarc::cublaslt::{result as lt, sys as ls};
 
 use super::device::Gpu;
-use super::gemm::Gemm;
+use super::gemm::{check, cu_bind, Gemm};
 use super::mem::DeviceBuf;
 use crate::error::{Result, ZambaError};
 
 /// Workspace bytes each cuBLASLt algorithm may use.
 pub const LT_WORKSPACE: usize = 32 << 20;
-
-fn check<T>(what: &str, r: std::result::Result<T, lt::CublasError>) -> Result<T> {
-    r.map_err(|e| ZambaError::Cuda {
-        context: what.to_string(),
-        message: format!("{e:?}"),
-    })
-}
 
 /// A cuBLASLt handle and its workspace.
 pub struct Lt {
@@ -92,7 +85,7 @@ fn layout(
 
 impl Lt {
     pub fn new(gpu: &Gpu) -> Result<Self> {
-        super::mem::cu("binding the context", gpu.ctx.bind_to_thread())?;
+        cu_bind(gpu)?;
         let handle = check("creating the cuBLASLt handle", lt::create_handle())?;
         let workspace = DeviceBuf::new(LT_WORKSPACE, "the cuBLASLt workspace")?;
         Ok(Lt { handle, workspace })

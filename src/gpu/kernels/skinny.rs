@@ -21,13 +21,16 @@ pub const SKINNY_MAX_TILES: usize = 1024;
 
 impl Gpu {
     /// Runs `g` with `skinny_gemm` when [`SkinnyMode`] picks it and it fits: a GPU with TMA, 1 to
-    /// 64 rows (where `gemv` did not take them: it runs first), one (unbatched) Linear weight `[N, K]`, N and K multiples of 128, ldx and ldw of 8,
-    /// 16-byte aligned X and W, alpha 1, and beta 0 (bf16 or fp32 Y) or 1 (fp32 Y). Returns
+    /// 64 rows (where `gemv` did not take them: it runs first), one (unbatched) Linear weight
+    /// `[N, K]`, N and K multiples of 128, ldx and ldw of 8, 16-byte aligned X and W, alpha 1, and beta 0 (bf16 or fp32 Y) or 1 (fp32 Y). Returns
     /// false (and does nothing) otherwise. K is split over `sm_count / (N / 128)` blocks per N
     /// tile (at most 8, at most K / 128), so that the grid fills the GPU once.
     pub fn skinny(&self, g: &Gemm) -> Result<bool> {
-        let fits = self.tma
-            && (1..=BM).contains(&g.m)
+        // The workspace exists where the GPU has TMA.
+        let Some(ws) = &self.skinny_ws else {
+            return Ok(false);
+        };
+        let fits = (1..=BM).contains(&g.m)
             && g.batch <= 1
             && g.w_rows_are_outputs
             && g.n % BN == 0
@@ -65,8 +68,8 @@ impl Gpu {
             .push(i(g.k))
             .push(i32::from(g.y_f32))
             .push(i32::from(g.beta == 1.0))
-            .push(self.skinny_ws.partials.ptr())
-            .push(self.skinny_ws.counters.ptr());
+            .push(ws.partials.ptr())
+            .push(ws.counters.ptr());
         self.launch_smem(
             "skinny_gemm",
             (tiles as u32, splits as u32, 1),
