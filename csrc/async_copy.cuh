@@ -1,6 +1,5 @@
-// Shared-memory staging helpers of mamba_step and skinny_gemm (csrc/mamba_step.cu,
-// csrc/skinny.cu), sm_90 only: mbarriers, TMA bulk copies global -> shared, and per-thread
-// cp.async copies.
+// Shared-memory staging helpers of mamba_step (csrc/mamba_step.cu), sm_90 only: mbarriers, TMA
+// bulk copies global -> shared, and per-thread cp.async copies.
 #pragma once
 #include "common.cuh"
 

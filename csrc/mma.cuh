@@ -1,6 +1,5 @@
-// Tensor-core fragments (sm_80 and later), shared by flash_attn.cu and skinny.cu: ldmatrix from
-// shared memory (a 32-bit shared-window address) and mma.m16n8k16 with bf16 inputs and fp32
-// accumulators.
+// Tensor-core fragments (sm_80 and later), used by flash_attn.cu: ldmatrix from shared memory
+// (a 32-bit shared-window address) and mma.m16n8k16 with bf16 inputs and fp32 accumulators.
 #pragma once
 #include "common.cuh"
 

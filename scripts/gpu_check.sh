@@ -6,7 +6,7 @@
 # (fp32 and bf16) and compares our engine's logits (a 300-token prefill, then 32 decode steps).
 # With `vs-hf` (not part of `all`): scripts/bench_vs_hf.sh, our bench and HF's on the same shapes
 # on that checkpoint, one table in $OUT/bench_vs_hf.md.
-# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|envs|skinny|all]...
+# Logs go to $OUT (or ./gpu-out). Usage: bash scripts/gpu_check.sh [tests|bench|gemv|ab|profile|profile-prefill (PREFILL_LEN=512)|profile-b64|racecheck|sanitize|criterion|hf|vs-hf|envs|gemm-lt|all]...
 set -uo pipefail
 what=" ${*:-all} "
 has() { [[ $what == *" $1 "* || $what == *" all "* ]]; }
@@ -58,26 +58,12 @@ if [[ $what == *" envs "* ]]; then
     env $env .gpu/bin/zamba-run bench --random ${AB_ARGS:--p 512 -n 64} 2>&1 | tee -a "$out/envs.log"
   done
 fi
-if [[ $what == *" skinny "* ]]; then
-  # The tensor-core skinny GEMM (csrc/skinny.cu; not part of `all`): its test under a time limit,
-  # each decode GEMM shape at 1, 16, 32 and 64 rows through cuBLAS, cuBLASLt and skinny_gemm, then
-  # tg32 at batch 64, 16 and 1 with it off, on the N <= 4096 shapes, and on every shape, twice.
-  echo "=== test-gpu_kernels_gemm (skinny)"
-  timeout 120 .gpu/bin/test-gpu_kernels_gemm --test-threads=1 tensor 2>&1 | tee -a "$out/skinny.log" \
-    | grep -E "test |result|panicked|differ|max abs" || true
-  for b in 64 32 16 1; do
-    echo "=== zamba-run bench --gemm-lt -b $b"
-    timeout 120 .gpu/bin/zamba-run bench --gemm-lt -b $b 2>&1 | tee -a "$out/skinny.log" \
-      | grep -E "skinny|^\| [a-z]" || true
-  done
+if [[ $what == *" gemm-lt "* ]]; then
+  # Each decode GEMM shape at 64, 16 and 1 rows through cublasGemmEx and every algorithm of
+  # cuBLASLt's heuristic (not part of `all`).
   for b in 64 16 1; do
-    for round in 1 2; do
-      for v in 0 small all; do
-        echo "=== ZAMBA_SKINNY=$v zamba-run bench --random -p 512 -n 32 -b $b"
-        ZAMBA_SKINNY=$v timeout 120 .gpu/bin/zamba-run bench --random -p 512 -n 32 -b $b 2>&1 \
-          | tee -a "$out/skinny.log" | grep -E "tg" || true
-      done
-    done
+    echo "=== zamba-run bench --gemm-lt -b $b"
+    .gpu/bin/zamba-run bench --gemm-lt -b $b 2>&1 | tee -a "$out/gemm_lt.log" | grep -E "^\| [a-z]" || true
   done
 fi
 if has profile; then

@@ -147,10 +147,9 @@ pub fn gemv_ab(m: usize) -> Result<()> {
 /// Times each decode GEMM (M = `m` activation rows) through cublasGemmEx (its heuristic's pick)
 /// and through every algorithm cuBLASLt's heuristic returns for the shape (up to 24): the first
 /// one (the heuristic's pick), the fastest, and how many there were; on stderr, each algorithm's
-/// configuration, and `skinny_gemm` (csrc/skinny.cu) where it takes the shape.
+/// configuration.
 pub fn gemm_lt(m: usize) -> Result<()> {
-    let mut gpu = Gpu::new(0)?;
-    gpu.skinny_mode = crate::gpu::SkinnyMode::All;
+    let gpu = Gpu::new(0)?;
     let roof = measure_roofline(&gpu)?;
     let (blas, lt) = (Blas::new(&gpu)?, Lt::new(&gpu)?);
     header(&gpu, &roof, m);
@@ -162,11 +161,6 @@ pub fn gemm_lt(m: usize) -> Result<()> {
         let b = ShapeBufs::new(&gpu, m, n, k, batch)?;
         let shape = (n, k, batch, residual);
         let t_ex = time_calls(&gpu, |c| blas.gemm(&b.gemm(c, m, shape)))?;
-        // csrc/skinny.cu where it takes the shape (at most 64 rows, unbatched).
-        if gpu.skinny(&b.gemm(0, m, shape))? {
-            let t = time_calls(&gpu, |c| gpu.skinny(&b.gemm(c, m, shape)).map(|_| ()))?;
-            eprintln!("  {name}: skinny_gemm {}", cell(t, b.bytes, &roof));
-        }
         let plan = lt.plan(&b.gemm(0, m, shape), 24)?;
         let mut times = Vec::new();
         for i in 0..plan.algos.len() {

@@ -8,11 +8,8 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
-use super::kernels::{
-    flash_smem_bytes, FLASH_MAX_HD, FLASH_PREFILL_KERNELS, SKINNY_MAX_TILES, SKINNY_SMEM, SKINNY_TILE_BYTES,
-};
+use super::kernels::{flash_smem_bytes, FLASH_MAX_HD, FLASH_PREFILL_KERNELS};
 use super::mem::cu;
-use super::mem::DeviceBuf;
 use crate::error::{Result, ZambaError};
 
 /// The kernels of `csrc/`, compiled by build.rs (empty when the crate was built without nvcc).
@@ -95,10 +92,6 @@ impl Default for Args {
 
 /// Context, stream and loaded kernels.
 pub struct Gpu {
-    /// `skinny_gemm`'s split-K partial tiles (one 64 × 128 fp32 tile per SM) and its per-tile
-    /// arrival counters (zeroed; each launch leaves them zero), on GPUs that can run it (TMA).
-    /// First, so that it is freed before the context.
-    pub(crate) skinny_ws: Option<SkinnyWorkspace>,
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     _module: Arc<CudaModule>,
@@ -110,8 +103,6 @@ pub struct Gpu {
     pub pdl: bool,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
-    /// Which GEMMs of 1–64 rows go to csrc/skinny.cu instead of cuBLAS (see [`SkinnyMode`]).
-    pub skinny_mode: SkinnyMode,
     /// Runs the flash prefill with 32-key tiles even where the 64-key kernel fits (what GPUs with
     /// less shared memory per block run), so that tests can cover both kernels on one GPU.
     /// `ZAMBA_FLASH_K32=1` sets it.
@@ -137,34 +128,6 @@ pub enum GemvMode {
     SingleRow,
     UpTo8,
     Pipe,
-}
-
-/// Which GEMMs of 1 to 64 rows (those csrc/gemv.cu does not take) the tensor-core skinny GEMM
-/// (csrc/skinny.cu) takes from cuBLAS (`ZAMBA_SKINNY`): none (`0`, the default), those with
-/// N ≤ 4096 (`small`: the shapes cuBLAS splits over K, out_proj, o_proj, down, linear), or every
-/// one it fits (`all`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SkinnyMode {
-    Off,
-    SmallN,
-    All,
-}
-
-impl SkinnyMode {
-    fn from_env() -> Self {
-        match std::env::var("ZAMBA_SKINNY").as_deref() {
-            Ok("0") => SkinnyMode::Off,
-            Ok("all") => SkinnyMode::All,
-            Ok("small") => SkinnyMode::SmallN,
-            _ => SkinnyMode::Off,
-        }
-    }
-}
-
-/// The split-K workspace of `skinny_gemm`.
-pub(crate) struct SkinnyWorkspace {
-    pub partials: DeviceBuf,
-    pub counters: DeviceBuf,
 }
 
 impl GemvMode {
@@ -204,7 +167,6 @@ const KERNELS: &[&str] = &[
     "gemv_m1",
     "gemv_m8",
     "gemv_pipe",
-    "skinny_gemm",
     "fill_uniform_bf16",
     "fill_uniform_f32",
 ];
@@ -236,7 +198,6 @@ const PDL_KERNELS: &[&str] = &[
     "argmax_rows",
     "gemv_m1",
     "gemv_m8",
-    "skinny_gemm",
 ];
 
 /// Kernels with grid-wide barriers, launched cooperatively: the driver then guarantees that every
@@ -252,7 +213,6 @@ const DEFAULT_SMEM: usize = 48 << 10;
 const DYNAMIC_SMEM: &[(&str, usize)] = &[
     // The most an H100/H200 block may have; its ring takes what the GPU allows.
     ("mamba_step", 227 << 10),
-    ("skinny_gemm", SKINNY_SMEM),
     (
         FLASH_PREFILL_KERNELS[0].0,
         flash_smem_bytes(FLASH_MAX_HD, FLASH_PREFILL_KERNELS[0].1),
@@ -310,23 +270,12 @@ impl Gpu {
             }
             functions.insert(name, (f.cu_function(), smem as u32, PDL_KERNELS.contains(&name)));
         }
-        let skinny_ws = if major >= 9 {
-            cu("binding the context", ctx.bind_to_thread())?;
-            Some(SkinnyWorkspace {
-                partials: DeviceBuf::new(sm_count * SKINNY_TILE_BYTES, "the skinny GEMM's partial tiles")?,
-                counters: DeviceBuf::zeroed(SKINNY_MAX_TILES * 4, "the skinny GEMM's counters")?,
-            })
-        } else {
-            None
-        };
         Ok(Gpu {
-            skinny_ws,
             ctx,
             stream,
             _module: module,
             functions,
             gemv_mode: GemvMode::from_env(),
-            skinny_mode: SkinnyMode::from_env(),
             flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
             decode_4_warps: std::env::var("ZAMBA_DECODE_W4").is_ok_and(|v| v == "1"),
             sm_count,

@@ -212,10 +212,10 @@ impl Drop for Blas {
     }
 }
 
-/// Runs `g` with the skinny-GEMM kernels when they apply (decode: csrc/gemv.cu for at most 8 rows,
-/// then csrc/skinny.cu for at most 64, each as its mode picks), else cuBLAS.
+/// Runs `g` with the skinny-GEMM kernel (csrc/gemv.cu) when it applies (decode: at most 8 rows,
+/// as [`crate::gpu::GemvMode`] picks), else cuBLAS.
 pub fn run(gpu: &Gpu, blas: &Blas, g: &Gemm) -> Result<()> {
-    if !gpu.gemv(g)? && !gpu.skinny(g)? {
+    if !gpu.gemv(g)? {
         blas.gemm(g)?;
     }
     Ok(())

@@ -21,5 +21,5 @@ pub mod loader;
 pub mod mem;
 pub mod workspace;
 
-pub use device::{unavailable_reason, GemvMode, Gpu, SkinnyMode};
+pub use device::{unavailable_reason, GemvMode, Gpu};
 pub use engine::{GpuModel, GpuOptions};

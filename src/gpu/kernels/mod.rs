@@ -1,8 +1,8 @@
 //! Typed launchers for the kernels in `csrc/`, one function per kernel. Each mirrors its kernel's
 //! signature exactly; the math and launch shape of each are documented beside the kernel.
 //! Device addresses are `u64`; sizes are passed as the kernels' `int`s. This file has the shared
-//! types and the glue kernels' launchers; `mamba`, `mamba_step`, `attention`, `gemv` and `skinny`
-//! the others.
+//! types and the glue kernels' launchers; `mamba`, `mamba_step`, `attention` and `gemv` the
+//! others.
 
 #![allow(clippy::too_many_arguments)]
 
@@ -106,10 +106,8 @@ mod attention;
 mod gemv;
 mod mamba;
 mod mamba_step;
-mod skinny;
 
 pub use mamba_step::{mamba_step_fits, mamba_step_smem, MambaStepArgs, StepDims};
-pub use skinny::{SKINNY_MAX_TILES, SKINNY_SMEM, SKINNY_TILE_BYTES};
 
 impl Gpu {
     pub fn embed_gather(
