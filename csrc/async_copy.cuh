@@ -10,39 +10,27 @@ __device__ __forceinline__ uint32_t shared_addr(const void* p) {
 __device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(shared_addr(bar)), "r"(count) : "memory");
 }
-// Whether the mbarrier's phase with parity `parity` has completed (one try_wait).
-__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, unsigned parity) {
-    uint32_t done;
-    asm volatile(
-        "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-        : "=r"(done)
-        : "r"(shared_addr(bar)), "r"(parity)
-        : "memory");
-    return done;
-}
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
-    while (!mbar_try_wait(bar, parity)) {
-    }
-}
-// Arrives once on `bar` and raises the bytes its current phase waits for by `bytes`.
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(bar)), "r"(bytes)
-                 : "memory");
+    uint32_t done;
+    do {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done)
+            : "r"(shared_addr(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
 }
 // One TMA bulk copy of `bytes` (a multiple of 16, both addresses 16-byte aligned) from global to
-// shared memory, completing its bytes on `bar` (whose expected bytes someone raises). Issued by
-// one thread; the copy engine does the rest, so no thread stalls behind it.
-__device__ __forceinline__ void tma_copy(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+// shared memory, completing on `bar` (told to expect the bytes first). Issued by one thread; the
+// copy engine does the rest, so no thread stalls behind it.
+__device__ __forceinline__ void tma_load(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(shared_addr(bar)), "r"(bytes)
+                 : "memory");
     asm volatile(
         "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
             shared_addr(dst)),
         "l"(src), "r"(bytes), "r"(shared_addr(bar))
         : "memory");
-}
-// tma_copy on a barrier told to expect the bytes first (by this thread's own arrival).
-__device__ __forceinline__ void tma_load(void* dst, const void* src, unsigned bytes, uint64_t* bar) {
-    mbar_arrive_expect_tx(bar, bytes);
-    tma_copy(dst, src, bytes, bar);
 }
 // Asynchronous 16-byte copy global -> shared (cp.async, L2 only), in the thread's current group.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src) {

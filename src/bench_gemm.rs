@@ -95,6 +95,12 @@ fn cell(time: f64, bytes: usize, roof: &Roofline) -> String {
     format!("{:.1} | {pct:.1}", time * 1e6)
 }
 
+/// The head of a per-shape table: the shape's three columns, then `cols` (right-aligned).
+fn table_head(cols: &[&str]) {
+    println!("| GEMM | N × K × batch | MB | {} |", cols.join(" | "));
+    println!("| --- | ---: | ---: |{}", " ---: |".repeat(cols.len()));
+}
+
 fn header(gpu: &Gpu, roof: &Roofline, m: usize) {
     println!(
         "copy bandwidth (measured now): {:.2} TB/s; M = {m}; {} SMs",
@@ -116,10 +122,14 @@ pub fn gemv_ab(m: usize) -> Result<()> {
     let roof = measure_roofline(&gpu)?;
     let blas = Blas::new(&gpu)?;
     header(&gpu, &roof, m);
-    println!(
-        "| GEMM | N × K × batch | MB | cuBLAS µs | cuBLAS % of copy | ours µs | ours % of copy | pipe µs | pipe % of copy |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    table_head(&[
+        "cuBLAS µs",
+        "cuBLAS % of copy",
+        "ours µs",
+        "ours % of copy",
+        "pipe µs",
+        "pipe % of copy",
+    ]);
     for (name, n, k, batch, residual) in SHAPES {
         let b = ShapeBufs::new(&gpu, m, n, k, batch)?;
         let shape = (n, k, batch, residual);
@@ -153,10 +163,15 @@ pub fn gemm_lt(m: usize) -> Result<()> {
     let roof = measure_roofline(&gpu)?;
     let (blas, lt) = (Blas::new(&gpu)?, Lt::new(&gpu)?);
     header(&gpu, &roof, m);
-    println!(
-        "| GEMM | N × K × batch | MB | GemmEx µs | % of copy | Lt first µs | % of copy | Lt best µs | % of copy | best of |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    table_head(&[
+        "GemmEx µs",
+        "% of copy",
+        "Lt first µs",
+        "% of copy",
+        "Lt best µs",
+        "% of copy",
+        "best of",
+    ]);
     for (name, n, k, batch, residual) in SHAPES {
         let b = ShapeBufs::new(&gpu, m, n, k, batch)?;
         let shape = (n, k, batch, residual);

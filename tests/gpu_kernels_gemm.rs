@@ -4,7 +4,8 @@
 //! out_proj, qkv, gate_up and down_proj of MLP 14848, lm_head of 32000; for the pipelined one also
 //! N of 1000, 5 and 777, K = 232 with and without row padding, and K = 8), with bf16 output and
 //! fp32 accumulation, and x_proj/dt_proj batched over the mamba heads; shapes they do not take
-//! fall back to cuBLAS. Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine without a GPU.
+//! fall back to cuBLAS. Inputs are random bf16 values, the same on both sides. Skips (and says
+//! so) on a machine without a GPU.
 
 mod common;
 

@@ -44,6 +44,12 @@ impl Drop for LtPlan {
     }
 }
 
+/// A cuBLASLt attribute value as the (pointer, size) pair the set-attribute calls take; the size
+/// is the value's own, so it always matches the type passed.
+fn attr<T>(v: &T) -> (*const c_void, usize) {
+    (v as *const T as *const c_void, std::mem::size_of::<T>())
+}
+
 fn layout(
     dtype: ls::cudaDataType,
     rows: usize,
@@ -57,27 +63,21 @@ fn layout(
         lt::create_matrix_layout(dtype, rows as u64, cols as u64, ld as i64),
     )?;
     if batch > 1 {
+        use ls::cublasLtMatrixLayoutAttribute_t as A;
+        // Named, so that the values live as long as the pointers taken to them.
         let (count, offset) = (batch as i32, stride as i64);
-        // SAFETY: l is live; each value is the attribute's documented type (int32, int64).
-        unsafe {
-            check(
-                "setting a cuBLASLt batch count",
-                lt::set_matrix_layout_attribute(
-                    l,
-                    ls::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                    &count as *const i32 as *const c_void,
-                    4,
-                ),
-            )?;
-            check(
-                "setting a cuBLASLt batch stride",
-                lt::set_matrix_layout_attribute(
-                    l,
-                    ls::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                    &offset as *const i64 as *const c_void,
-                    8,
-                ),
-            )?;
+        let ((pc, nc), (po, no)) = (attr(&count), attr(&offset));
+        // SAFETY: l is live; each value is the attribute's documented type (int32, int64) and
+        // outlives the call.
+        let set = unsafe {
+            lt::set_matrix_layout_attribute(l, A::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, pc, nc).and_then(|()| {
+                lt::set_matrix_layout_attribute(l, A::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, po, no)
+            })
+        };
+        if let Err(e) = set {
+            // SAFETY: l was created above and is not used again.
+            let _ = unsafe { lt::destroy_matrix_layout(l) };
+            return check("setting a cuBLASLt batch count and stride", Err(e));
         }
     }
     Ok(l)
@@ -115,16 +115,18 @@ impl Lt {
             layouts: [std::ptr::null_mut(); 3],
             algos: Vec::new(),
         };
-        let trans_a: i32 = if g.w_rows_are_outputs { 1 } else { 0 }; // CUBLAS_OP_T / CUBLAS_OP_N
-                                                                     // SAFETY: desc is live; the value is the attribute's type (cublasOperation_t, int32).
+        // CUBLAS_OP_T / CUBLAS_OP_N, as the attribute's type (cublasOperation_t, int32).
+        let trans_a: i32 = if g.w_rows_are_outputs { 1 } else { 0 };
+        let (pt, nt) = attr(&trans_a);
+        // SAFETY: desc is live; the value is the attribute's type and outlives the call.
         unsafe {
             check(
                 "setting cuBLASLt transa",
                 lt::set_matmul_desc_attribute(
                     desc,
                     ls::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    &trans_a as *const i32 as *const c_void,
-                    4,
+                    pt,
+                    nt,
                 ),
             )?;
         }
@@ -138,6 +140,7 @@ impl Lt {
         plan.layouts[2] = layout(yt, g.n, g.m, g.ldy, g.batch, g.stride_y)?;
         let pref = check("creating a cuBLASLt preference", lt::create_matmul_pref())?;
         let ws = LT_WORKSPACE as u64;
+        let (pw, nw) = attr(&ws);
         let mut results = vec![
             ls::cublasLtMatmulHeuristicResult_t {
                 algo: ls::cublasLtMatmulAlgo_t { data: [0; 8] },
@@ -154,16 +157,17 @@ impl Lt {
             let set = lt::set_matmul_pref_attribute(
                 pref,
                 ls::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
-                8,
+                pw,
+                nw,
             );
             let set = match reduction_mask {
                 Some(mask) => set.and_then(|()| {
+                    let (pm, nm) = attr(&mask);
                     lt::set_matmul_pref_attribute(
                         pref,
                         ls::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                        &mask as *const u32 as *const c_void,
-                        4,
+                        pm,
+                        nm,
                     )
                 }),
                 None => set,
