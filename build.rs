@@ -1,5 +1,7 @@
-//! Compiles every `csrc/*.cu` with nvcc into one fatbin (sm_80 and sm_90 machine code, plus
-//! compute_90 PTX for newer GPUs) that `src/gpu/device.rs` embeds with `include_bytes!`.
+//! Compiles every `csrc/*.cu` with nvcc into one fatbin (sm_80 and sm_90a machine code, plus
+//! compute_90 PTX for newer GPUs; sm_90a, the H100/H200's arch-specific target, has the wgmma
+//! instructions of csrc/flash_wgmma.cu and runs every other kernel as sm_90 would) that
+//! `src/gpu/device.rs` embeds with `include_bytes!`.
 //!
 //! nvcc is found through `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then /usr/local/cuda.
 //! Without nvcc the crate still builds, with an empty fatbin: the CPU reference works and asking
@@ -66,7 +68,7 @@ fn main() {
     let mut cmd = Command::new(&nvcc);
     cmd.args(["-fatbin", "-O3", "-std=c++17", "-lineinfo"])
         .args(["-gencode", "arch=compute_80,code=sm_80"])
-        .args(["-gencode", "arch=compute_90,code=sm_90"])
+        .args(["-gencode", "arch=compute_90a,code=sm_90a"])
         .args(["-gencode", "arch=compute_90,code=compute_90"])
         .arg("-I")
         .arg(&csrc)

@@ -51,7 +51,7 @@
 // block ceil(len/64) - 1 - y, so the longest blocks start first. ptxas (CUDA 13.0), no spills:
 // BK = 64, 212 registers on sm_80 and 215 on sm_90; BK = 32, 194 and 200 (16 barriers reserved:
 // the pair barrier's id is a register); one block (8 warps) per SM.
-#include "common.cuh"
+#include "flash_common.cuh"
 #include "mma.cuh"
 
 #define FA_BQ 64
@@ -60,29 +60,6 @@
 #define FA_PAD 8
 #define FA_MAX_HD 512
 #define FA_MAX_NT (FA_MAX_HD / 16)  // n8 tiles of O per warp (half the head dimension)
-
-__device__ __forceinline__ uint32_t fa_smem_addr(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; zero-fills the destination (and reads nothing) when !valid.
-__device__ __forceinline__ void fa_cp_async16(uint32_t dst, const void* src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void fa_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void fa_cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// Barrier of the two warps of pair p (named barrier 1 + p; barrier 0 is __syncthreads).
-__device__ __forceinline__ void fa_pair_sync(int p) {
-    asm volatile("bar.sync %0, 64;\n" ::"r"(1 + p) : "memory");
-}
-
-// Two fp32 values as one bf16x2 register, `lo` in the low half (the lower column index).
-__device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&v);
-}
 
 // How this thread walks the 16-byte chunks of a tile of rows of HD bf16: chunks t, t + 256, ...
 // (row c / cpr, chunk column c % cpr), stepped without a division per chunk.

@@ -93,15 +93,21 @@ fi
 if has racecheck; then
   # Shared-memory races and barrier misuse in the flash attention kernels: one whole-model test
   # (tiny-a: a batched prefill, then decoding) with 64-key tiles, then with 32-key tiles
-  # (ZAMBA_FLASH_K32=1). racecheck over all of test-gpu_model took 294 s on the H200.
+  # (ZAMBA_FLASH=k32); then the wgmma kernel (head_dim 464 only) on the attention test's forced
+  # wgmma cases. racecheck over all of test-gpu_model took 294 s on the H200.
   for tool in racecheck synccheck; do
-    for k32 in 0 1; do
-      echo "=== compute-sanitizer $tool, ZAMBA_FLASH_K32=$k32"
-      ZAMBA_FLASH_K32=$k32 timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 .gpu/bin/test-gpu_model \
-          --test-threads=1 --exact decode_after_prefill_and_chunked_prefill_match_one_prefill >"$out/$tool-$k32.log" 2>&1
+    for k in k64 k32; do
+      echo "=== compute-sanitizer $tool, ZAMBA_FLASH=$k"
+      ZAMBA_FLASH=$k timeout 240 compute-sanitizer --tool $tool --error-exitcode 9 .gpu/bin/test-gpu_model \
+          --test-threads=1 --exact decode_after_prefill_and_chunked_prefill_match_one_prefill >"$out/$tool-$k.log" 2>&1
       [[ $? == 0 ]] || status=1
-      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|hazard" "$out/$tool-$k32.log" | head -10
+      grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|hazard" "$out/$tool-$k.log" | head -10
     done
+    echo "=== compute-sanitizer $tool, the wgmma flash kernel"
+    timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 .gpu/bin/test-gpu_kernels_attention \
+        --test-threads=1 --exact attention_prefill_wgmma >"$out/$tool-wgmma.log" 2>&1
+    [[ $? == 0 ]] || status=1
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|test result|hazard" "$out/$tool-wgmma.log" | head -10
   done
 fi
 if has sanitize; then

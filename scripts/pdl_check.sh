@@ -3,7 +3,7 @@
 # src/gpu/device.rs) reads through the non-coherent path (LDG...CONSTANT, i.e. ld.global.nc from
 # __ldg or a const __restrict__ pointer): that path is outside what griddepcontrol.wait orders,
 # and it once made the 7B decode read stale activations (csrc/common.cuh). Compiles csrc/ for
-# sm_90 with $NVCC and reads the machine code with cuobjdump (installed from PyPI into the CI
+# sm_90a (what the engine's fatbin runs on the H100/H200) with $NVCC and reads the machine code with cuobjdump (installed from PyPI into the CI
 # cache when missing). Only the loads listed in ALLOWED (constant weights) may use that path.
 # CI runs it; needs NVCC (and CUDA_HOME/include for the headers nvcc uses).
 set -euo pipefail
@@ -25,7 +25,7 @@ trap 'rm -rf "$tmp"' EXIT
 kernels=$(sed -n '/^const PDL_KERNELS/,/^];/p' src/gpu/device.rs | grep -o '"[a-z0-9_]*"' | tr -d '"')
 [[ -n $kernels ]] || { echo "no PDL_KERNELS found in src/gpu/device.rs"; exit 1; }
 for f in csrc/*.cu; do
-  "$NVCC" -arch=sm_90 -O3 -cubin -Icsrc "$f" -o "$tmp/$(basename "$f" .cu).cubin"
+  "$NVCC" -arch=sm_90a -O3 -cubin -Icsrc "$f" -o "$tmp/$(basename "$f" .cu).cubin"
 done
 for c in "$tmp"/*.cubin; do cuobjdump -sass "$c"; done \
   | awk '/Function :/ {fn = $3; seen[fn] = 1} /LDG[^;]*CONSTANT/ {nc[fn]++} END {for (k in seen) print k, nc[k] + 0}' \

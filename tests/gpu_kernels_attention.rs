@@ -2,8 +2,9 @@
 //! 464 over 16 kv heads or 4 (GQA), a 4096-position cache. kv_append, then flash prefill (lengths
 //! 1 to 2049, fresh and continuing after up to 1349 cached positions, lengths and pasts that are
 //! multiples of neither the query block nor the key tile) or split-key decode (up to 2049 keys);
-//! the prefill cases but the 2049-token prompt again with the 32-key-tile kernel. Inputs are
-//! random bf16 values, the same on both sides. Skips (and says so) on a machine without a GPU.
+//! the prefill cases but the 2049-token prompt again with each flash kernel forced (wgmma, and
+//! mma.sync with 64- and 32-key tiles). Inputs are random bf16 values, the same on both sides.
+//! Skips (and says so) on a machine without a GPU.
 
 mod common;
 
@@ -11,6 +12,7 @@ use common::gpu::{batch_buffers, down_bf16, entries, poisoned, up_bf16, BF16_RTO
 use common::{assert_close, gpu_or_skip, Rng};
 use zamba::cpu::attention::causal_attention;
 use zamba::gpu::attention::{self, Dims, Scratch};
+use zamba::gpu::device::FlashKernel;
 use zamba::gpu::mem::DeviceBuf;
 use zamba::gpu::Gpu;
 
@@ -184,15 +186,34 @@ fn attention_decode_4_warps() {
     attention_case(&g, 4, &[(0, 1, 129), (2, 1, 1000)], 8);
 }
 
-/// The 32-key-tile flash prefill kernel (what GPUs with less shared memory per block than the
-/// H100's run) on the prefill cases above; the test above runs the 64-key one on such GPUs.
-#[test]
-fn attention_prefill_32_key_tiles() {
-    let Some(mut g) = gpu_or_skip("attention with 32-key tiles") else {
+/// The prefill cases above, with the flash kernel forced: `k64` and `k32` are the mma.sync kernels
+/// (what GPUs other than the H100/H200 run; the test above runs the wgmma one there), `wgmma` runs
+/// where it can (compute capability 9.0).
+fn prefill_with(kernel: FlashKernel, what: &str) {
+    let Some(mut g) = gpu_or_skip(what) else {
         return;
     };
-    g.flash_small_tiles = true;
+    g.flash = kernel;
+    if kernel == FlashKernel::Wgmma && !g.sm90a {
+        eprintln!("{what}: skipped, the GPU is not of compute capability 9.0");
+        return;
+    }
     attention_case(&g, NA, &[(2, 1, 0), (0, 7, 5), (3, 333, 100), (1, 700, 1349)], 5);
     attention_case(&g, NA, &[(3, 65, 31), (2, 129, 95), (1, 193, 127)], 9);
     attention_case(&g, 4, &[(0, 9, 3), (2, 200, 57), (1, 130, 95)], 7);
+}
+
+#[test]
+fn attention_prefill_32_key_tiles() {
+    prefill_with(FlashKernel::Mma32, "attention with 32-key tiles");
+}
+
+#[test]
+fn attention_prefill_64_key_tiles() {
+    prefill_with(FlashKernel::Mma64, "attention with 64-key mma.sync tiles");
+}
+
+#[test]
+fn attention_prefill_wgmma() {
+    prefill_with(FlashKernel::Wgmma, "attention with the wgmma kernel");
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use cudarc::driver::{result, sys, CudaContext, CudaGraph, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
-use super::kernels::{flash_smem_bytes, FLASH_MAX_HD, FLASH_PREFILL_KERNELS};
+use super::kernels::{flash_smem_bytes, FLASH_MAX_HD, FLASH_PREFILL_KERNELS, FLASH_WG_KERNEL, FLASH_WG_SMEM};
 use super::mem::cu;
 use crate::error::{Result, ZambaError};
 
@@ -103,10 +103,12 @@ pub struct Gpu {
     pub pdl: bool,
     /// Which skinny GEMMs go to csrc/gemv.cu instead of cuBLAS (see [`GemvMode`]).
     pub gemv_mode: GemvMode,
-    /// Runs the flash prefill with 32-key tiles even where the 64-key kernel fits (what GPUs with
-    /// less shared memory per block run), so that tests can cover both kernels on one GPU.
-    /// `ZAMBA_FLASH_K32=1` sets it.
-    pub flash_small_tiles: bool,
+    /// Which flash prefill kernel runs (`ZAMBA_FLASH=wgmma|k64|k32`; default: the fastest this GPU
+    /// and head size allow), so that tests can cover every kernel on one GPU.
+    pub flash: FlashKernel,
+    /// Compute capability 9.0 exactly (H100/H200): the fatbin's sm_90a code, with its wgmma
+    /// kernel, is what runs.
+    pub sm90a: bool,
     /// Runs flash-decoding with 4 warps per block at every batch size (what batches above
     /// `DECODE_W8_MAX_BATCH` run), so that tests can cover both kernels. `ZAMBA_DECODE_W4=1` sets it.
     pub decode_4_warps: bool,
@@ -141,6 +143,34 @@ impl GemvMode {
     }
 }
 
+/// The flash prefill kernels (src/gpu/kernels/attention.rs picks one per launch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashKernel {
+    /// wgmma where it runs (compute capability 9.0, head_dim 464), else 64-key mma.sync tiles
+    /// where their shared memory fits, else 32-key tiles.
+    Auto,
+    /// csrc/flash_wgmma.cu; an error where it cannot run.
+    Wgmma,
+    /// csrc/flash_attn.cu with 64-key tiles; an error where their shared memory does not fit.
+    Mma64,
+    /// csrc/flash_attn.cu with 32-key tiles (runs everywhere).
+    Mma32,
+}
+
+impl FlashKernel {
+    fn from_env() -> Result<Self> {
+        match std::env::var("ZAMBA_FLASH").as_deref() {
+            Err(_) | Ok("") | Ok("auto") => Ok(FlashKernel::Auto),
+            Ok("wgmma") => Ok(FlashKernel::Wgmma),
+            Ok("k64") => Ok(FlashKernel::Mma64),
+            Ok("k32") => Ok(FlashKernel::Mma32),
+            Ok(other) => Err(ZambaError::InvalidInput(format!(
+                "ZAMBA_FLASH={other}: expected auto, wgmma, k64 or k32"
+            ))),
+        }
+    }
+}
+
 /// Every kernel in csrc/, looked up once at start-up.
 const KERNELS: &[&str] = &[
     "embed_gather",
@@ -161,6 +191,7 @@ const KERNELS: &[&str] = &[
     "kv_append",
     "flash_attn_prefill",
     "flash_attn_prefill_k32",
+    FLASH_WG_KERNEL,
     "attn_decode",
     "attn_decode_w8",
     "argmax_rows",
@@ -221,6 +252,7 @@ const DYNAMIC_SMEM: &[(&str, usize)] = &[
         FLASH_PREFILL_KERNELS[1].0,
         flash_smem_bytes(FLASH_MAX_HD, FLASH_PREFILL_KERNELS[1].1),
     ),
+    (FLASH_WG_KERNEL, FLASH_WG_SMEM),
 ];
 
 impl Gpu {
@@ -253,6 +285,10 @@ impl Gpu {
             "querying the compute capability",
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR),
         )?;
+        let minor = cu(
+            "querying the compute capability",
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR),
+        )?;
         let pdl = major >= 9 && !std::env::var("ZAMBA_PDL").is_ok_and(|v| v == "0");
         let mut functions = HashMap::new();
         for &name in KERNELS {
@@ -276,7 +312,8 @@ impl Gpu {
             _module: module,
             functions,
             gemv_mode: GemvMode::from_env(),
-            flash_small_tiles: std::env::var("ZAMBA_FLASH_K32").is_ok_and(|v| v == "1"),
+            flash: FlashKernel::from_env()?,
+            sm90a: (major, minor) == (9, 0),
             decode_4_warps: std::env::var("ZAMBA_DECODE_W4").is_ok_and(|v| v == "1"),
             sm_count,
             pdl,

@@ -1,10 +1,10 @@
 //! Launchers of the attention kernels: KV-cache append and flash-decoding (csrc/attention.cu), and
-//! the flash prefill (csrc/flash_attn.cu).
+//! the flash prefill (csrc/flash_wgmma.cu on the H100/H200 at head_dim 464, else csrc/flash_attn.cu).
 
 #![allow(clippy::too_many_arguments)]
 
 use super::*;
-use crate::gpu::device::{Args, Gpu};
+use crate::gpu::device::{Args, FlashKernel, Gpu};
 
 /// Widest head flash-decoding takes (MAX_HD in csrc/attention.cu).
 const DECODE_MAX_HD: usize = 512;
@@ -50,7 +50,7 @@ impl Gpu {
 
     /// Causal attention of one entry's `len` new queries (qkv rows `row0..row0 + len`, at
     /// positions `past..past + len` of cache slot `slot`) over its K/V cache, on the tensor cores
-    /// with an online softmax (csrc/flash_attn.cu). Writes `out` rows `row0..` (row stride `ldo`),
+    /// with an online softmax (csrc/flash_wgmma.cu or csrc/flash_attn.cu: see [`FlashKernel`]). Writes `out` rows `row0..` (row stride `ldo`),
     /// head h at columns h·HD. `dims` = (NA, NKV, HD, ctx); HD % 16 == 0 and HD ≤ [`FLASH_MAX_HD`].
     pub fn flash_attn_prefill(
         &self,
@@ -87,6 +87,27 @@ impl Gpu {
                 ),
             });
         }
+        let [big, small] = FLASH_PREFILL_KERNELS;
+        let wg_ok = self.sm90a && hd == FLASH_WG_HD && FLASH_WG_SMEM <= self.smem_limit(FLASH_WG_KERNEL);
+        let big_ok = flash_smem_bytes(hd, big.1) <= self.smem_limit(big.0);
+        let kernel = match self.flash {
+            FlashKernel::Auto if wg_ok => FlashKernel::Wgmma,
+            FlashKernel::Auto if big_ok => FlashKernel::Mma64,
+            FlashKernel::Auto => FlashKernel::Mma32,
+            FlashKernel::Wgmma if !wg_ok => {
+                return Err(ZambaError::InvalidInput(format!(
+                    "ZAMBA_FLASH=wgmma: the wgmma flash kernel needs compute capability 9.0 and head_dim \
+                     {FLASH_WG_HD} (head_dim {hd})"
+                )))
+            }
+            FlashKernel::Mma64 if !big_ok => {
+                return Err(ZambaError::InvalidInput(format!(
+                    "ZAMBA_FLASH=k64: {} bytes of shared memory per block do not fit this GPU",
+                    flash_smem_bytes(hd, big.1)
+                )))
+            }
+            k => k,
+        };
         let mut a = Args::new();
         a.push(qkv)
             .push(i(ldqkv))
@@ -96,27 +117,15 @@ impl Gpu {
             .push(out)
             .push(i(ldo))
             .push(i(len));
-        a.push(i(past))
-            .push(i(slot))
-            .push(i(na))
-            .push(i(nkv))
-            .push(i(hd))
-            .push(i(ctx))
-            .push(scale);
-        // 64-key tiles when this GPU allows their shared memory, else 32-key tiles.
-        let [big, small] = FLASH_PREFILL_KERNELS;
-        let (name, bk) = if !self.flash_small_tiles && flash_smem_bytes(hd, big.1) <= self.smem_limit(big.0) {
-            big
-        } else {
-            small
-        };
-        self.launch_smem(
-            name,
-            (na as u32, blocks(len, FLASH_BQ), 1),
-            FLASH_THREADS,
-            flash_smem_bytes(hd, bk) as u32,
-            &mut a,
-        )
+        a.push(i(past)).push(i(slot)).push(i(na)).push(i(nkv));
+        let grid = (na as u32, blocks(len, FLASH_BQ), 1);
+        if kernel == FlashKernel::Wgmma {
+            a.push(i(ctx)).push(scale);
+            return self.launch_smem(FLASH_WG_KERNEL, grid, FLASH_THREADS, FLASH_WG_SMEM as u32, &mut a);
+        }
+        a.push(i(hd)).push(i(ctx)).push(scale);
+        let (name, bk) = if kernel == FlashKernel::Mma64 { big } else { small };
+        self.launch_smem(name, grid, FLASH_THREADS, flash_smem_bytes(hd, bk) as u32, &mut a)
     }
 
     /// Flash-decoding, both steps in one launch (csrc/attention.cu): partials into `s`, then the

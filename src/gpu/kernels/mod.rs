@@ -47,9 +47,8 @@ const FLASH_BQ: usize = 64;
 const FLASH_THREADS: u32 = 256;
 pub const FLASH_MAX_HD: usize = 512;
 
-/// The flash prefill kernels and their keys per tile: 64-key tiles where the GPU lets a block
-/// have the shared memory (H100/H200), 32-key tiles otherwise (A100), or when
-/// [`Gpu::flash_small_tiles`] asks for them.
+/// The mma.sync flash prefill kernels and their keys per tile: 64-key tiles where the GPU lets a
+/// block have the shared memory, 32-key tiles otherwise (A100); [`Gpu::flash`] can force either.
 pub const FLASH_PREFILL_KERNELS: [(&str, usize); 2] =
     [("flash_attn_prefill", 64), ("flash_attn_prefill_k32", 32)];
 
@@ -61,6 +60,14 @@ pub const fn flash_smem_bytes(hd: usize, bk: usize) -> usize {
     let pairs = FLASH_THREADS as usize / 64;
     (FLASH_BQ + 2 * bk) * (hd + 8) * 2 + pairs * (bk / 16) * 32 * 16 + 2 * pairs * 2 * 16 * 4
 }
+
+/// The wgmma flash prefill (csrc/flash_wgmma.cu): sm_90a machine code only (compute capability
+/// 9.0), for head_dim 464 only (the instruction shapes are built in), 256 threads per block.
+pub const FLASH_WG_KERNEL: &str = "flash_attn_prefill_wg";
+pub const FLASH_WG_HD: usize = 464;
+/// Its dynamic shared memory (FW_SMEM): Q, K and V tiles of 64 × 464 bf16, each pair of warps' P
+/// fragments (4 16-key steps × 32 lanes × 16 bytes), the row maxima and sums (16 fp32 per warp).
+pub const FLASH_WG_SMEM: usize = 3 * 64 * FLASH_WG_HD * 2 + 4 * 4 * 32 * 16 + 2 * 4 * 2 * 16 * 4;
 
 /// Channels per block of the prefill scan `scan_seq` (SEQ_CH in csrc/scan.cu); the Mamba head
 /// dim must be a multiple of it (the engine checks).
