@@ -117,6 +117,10 @@ if has sanitize; then
         2>&1 | tee -a "$out/sanitize.log" | grep -E "ERROR SUMMARY|test result|Invalid|out of bounds" | head -20
     [[ ${PIPESTATUS[0]} == 0 ]] || status=1
   done
+  echo "=== compute-sanitizer memcheck on the wgmma flash kernel (head_dim 464)"
+  compute-sanitizer --tool memcheck --error-exitcode 9 .gpu/bin/test-gpu_kernels_attention --test-threads=1 \
+      --exact attention_prefill_wgmma 2>&1 | tee -a "$out/sanitize.log" | grep -E "ERROR SUMMARY|test result|Invalid" | head -20
+  [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 fi
 if has criterion && [[ -x .gpu/bin/bench-throughput ]]; then
   echo "=== cargo bench (criterion)"
