@@ -159,12 +159,17 @@ pub enum FlashKernel {
 
 impl FlashKernel {
     fn from_env() -> Result<Self> {
-        match std::env::var("ZAMBA_FLASH").as_deref() {
-            Err(_) | Ok("") | Ok("auto") => Ok(FlashKernel::Auto),
-            Ok("wgmma") => Ok(FlashKernel::Wgmma),
-            Ok("k64") => Ok(FlashKernel::Mma64),
-            Ok("k32") => Ok(FlashKernel::Mma32),
-            Ok(other) => Err(ZambaError::InvalidInput(format!(
+        Self::parse(std::env::var("ZAMBA_FLASH").ok().as_deref())
+    }
+
+    /// The value of `ZAMBA_FLASH` (None: unset).
+    fn parse(v: Option<&str>) -> Result<Self> {
+        match v {
+            None | Some("") | Some("auto") => Ok(FlashKernel::Auto),
+            Some("wgmma") => Ok(FlashKernel::Wgmma),
+            Some("k64") => Ok(FlashKernel::Mma64),
+            Some("k32") => Ok(FlashKernel::Mma32),
+            Some(other) => Err(ZambaError::InvalidInput(format!(
                 "ZAMBA_FLASH={other}: expected auto, wgmma, k64 or k32"
             ))),
         }
@@ -492,5 +497,25 @@ impl Gpu {
     /// (free, total) device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
         cu("cuMemGetInfo", self.ctx.mem_get_info())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FlashKernel;
+
+    #[test]
+    fn zamba_flash_values() {
+        assert_eq!(FlashKernel::parse(None).unwrap(), FlashKernel::Auto);
+        assert_eq!(FlashKernel::parse(Some("")).unwrap(), FlashKernel::Auto);
+        assert_eq!(FlashKernel::parse(Some("auto")).unwrap(), FlashKernel::Auto);
+        assert_eq!(FlashKernel::parse(Some("wgmma")).unwrap(), FlashKernel::Wgmma);
+        assert_eq!(FlashKernel::parse(Some("k64")).unwrap(), FlashKernel::Mma64);
+        assert_eq!(FlashKernel::parse(Some("k32")).unwrap(), FlashKernel::Mma32);
+        let e = FlashKernel::parse(Some("k16")).unwrap_err().to_string();
+        assert!(
+            e.contains("ZAMBA_FLASH=k16") && e.contains("wgmma, k64 or k32"),
+            "{e}"
+        );
     }
 }
