@@ -3,8 +3,9 @@
 # src/gpu/device.rs) reads through the non-coherent path (LDG...CONSTANT, i.e. ld.global.nc from
 # __ldg or a const __restrict__ pointer): that path is outside what griddepcontrol.wait orders,
 # and it once made the 7B decode read stale activations (csrc/common.cuh). Compiles csrc/ for
-# sm_90a (what the engine's fatbin runs on the H100/H200) with $NVCC and reads the machine code with cuobjdump (installed from PyPI into the CI
-# cache when missing). Only the loads listed in ALLOWED (constant weights) may use that path.
+# sm_90a (what the engine's fatbin runs on the H100/H200) with $NVCC and reads the machine code
+# with cuobjdump (installed from PyPI into the CI cache when missing). Only the loads listed in
+# ALLOWED (constant weights) may use that path.
 # CI runs it; needs NVCC (and CUDA_HOME/include for the headers nvcc uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -51,7 +51,8 @@ impl Gpu {
     /// Causal attention of one entry's `len` new queries (qkv rows `row0..row0 + len`, at
     /// positions `past..past + len` of cache slot `slot`) over its K/V cache, on the tensor cores
     /// with an online softmax (csrc/flash_wgmma.cu or csrc/flash_attn.cu: see [`FlashKernel`]).
-    /// Writes `out` rows `row0..` (row stride `ldo`), head h at columns h·HD. `dims` = (NA, NKV, HD, ctx); HD % 16 == 0 and HD ≤ [`FLASH_MAX_HD`].
+    /// Writes `out` rows `row0..` (row stride `ldo`), head h at columns h·HD.
+    /// `dims` = (NA, NKV, HD, ctx); HD % 16 == 0 and HD ≤ [`FLASH_MAX_HD`].
     pub fn flash_attn_prefill(
         &self,
         qkv: u64,
