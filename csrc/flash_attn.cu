@@ -200,48 +200,8 @@ __device__ __forceinline__ void fa_prefill(const bf16* __restrict__ qkv, int ldq
                     }
                 }
             }
-            // Scale, mask, row max over the 4 lanes that share a row, then over the pair.
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < NS; ++nt)
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    const int key = k0 + kh + nt * 8 + 2 * tq + c;
-                    s[nt][c] = key <= lim0 ? s[nt][c] * sl2 : -INFINITY;
-                    s[nt][2 + c] = key <= lim1 ? s[nt][2 + c] * sl2 : -INFINITY;
-                    mx0 = fmaxf(mx0, s[nt][c]);
-                    mx1 = fmaxf(mx1, s[nt][2 + c]);
-                }
-#pragma unroll
-            for (int off = 1; off < 4; off <<= 1) {
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-            }
-            if (tq == 0) {
-                x_mine[gq] = mx0;
-                x_mine[gq + 8] = mx1;
-            }
-            fa_pair_sync(pair);
-            mx0 = fmaxf(mx0, x_other[gq]);
-            mx1 = fmaxf(mx1, x_other[gq + 8]);
-            // Tile 0 shows key 0 to every row (in warp 0's half), so the maxima are finite from
-            // then on and no 2^(-inf - -inf) arises.
-            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-            const float c0 = exp2f(m0 - mn0), c1 = exp2f(m1 - mn1);  // 0 on the first tile
-            m0 = mn0;
-            m1 = mn1;
-            float rs0 = 0.f, rs1 = 0.f;
-#pragma unroll
-            for (int nt = 0; nt < NS; ++nt)
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                    s[nt][c] = exp2f(s[nt][c] - mn0);
-                    s[nt][2 + c] = exp2f(s[nt][2 + c] - mn1);
-                    rs0 += s[nt][c];
-                    rs1 += s[nt][2 + c];
-                }
-            l0 = l0 * c0 + rs0;
-            l1 = l1 * c1 + rs1;
+            float c0, c1;  // rescaling of O: 0 on the first tile
+            fa_softmax_tile<NS>(s, k0 + kh, gq, tq, lim0, lim1, sl2, x_mine, x_other, pair, m0, m1, l0, l1, c0, c1);
 #pragma unroll
             for (int nt = 0; nt < FA_MAX_NT; ++nt)
                 if (nt < NT) {
