@@ -196,62 +196,73 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 // state, which is updated in place, with h = c / DH, dt = softplus(dtr[b, c] + dt_bias[c]):
 //   s[n] = exp(dt * A[c, n]) * s[n] + dt * B[b, h, n] * u[b, c]
 //   y[b, c] = bf16((sum_n s[n] * C[b, h, n] + D[c] * u[b, c]) * silu(z[b, c]))
-// Four lanes per channel:
-// lane q of channel c holds states 4q..4q+3 (one float4 of the state, of A, and 4 bf16 of B and
-// of C), and the four partial sums of state·C meet by two shuffles. A warp then reads 8 channels'
-// states as 512 contiguous bytes per instruction (one thread per channel with its 16 states read
-// 64-byte-strided float4s and loaded A, B and C one value at a time: 34 us per layer at batch 64,
-// 2.3x the floor of its state traffic). Lanes past DI compute nothing but take part in the
-// shuffles. exp(dt·A), softplus and silu are the prefill scan's fast forms (ex2.approx.ftz,
-// softplus_fast, silu_fast; see scan_seq): with the IEEE ones the kernel was issue-bound at batch
-// 64 (ncu: 79% of issue slots, DRAM 34% busy, 23.5 us per layer).
-// Launch: grid (ceil(DI / 64), B), block 256.
+// Two lanes per channel: lane q of channel c holds states 8q..8q+7 (two float4s of the state and
+// of A, 8 bf16 of B and of C in one 16-byte load each), and the two partial sums of state·C meet
+// by one shuffle (each lane sums its states in two groups of four first, so that the total is
+// added in the order of the earlier four-lane form). A warp reads 16 channels' states as 1 KB
+// contiguous. The per-channel work (dt, softplus, the loads of dtr and u) is done by both lanes
+// of a channel: with four lanes per channel it was done four times, and the kernel was bound by
+// instruction issue at batch 64 (ncu: SM throughput 69%, DRAM 30%, 21 us per layer for 61 MB of
+// state traffic). One thread per channel with its 16 states read as 64-byte-strided float4s and
+// A, B and C loaded one value at a time took 34 us. Lanes past DI compute nothing but take part
+// in the shuffle. exp(dt·A), softplus and silu are the prefill scan's fast forms (ex2.approx.ftz,
+// softplus_fast, silu_fast; see scan_seq).
+// Launch: grid (ceil(DI / 128), B), block 256.
+
+// Eight consecutive bf16 values as floats, in one 16-byte load when p is 16-byte aligned.
+__device__ __forceinline__ void load8_bf16(const bf16* p, float (&v)[8]) {
+    if ((reinterpret_cast<uintptr_t>(p) & 15) == 0) {
+        Bf16x8 raw;
+        raw.u = *reinterpret_cast<const uint4*>(p);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = to_f(raw.h[i]);
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = to_f(p[i]);
+    }
+}
+
 extern "C" __global__ void ssm_decode(ScanArgs a, const int* entry_slot,
                                       float* ssm_state, bf16* y) {
     pdl_enter();  // first: every access below may depend on the previous kernel
-    const int q = threadIdx.x & 3;
-    const int c = blockIdx.x * (blockDim.x >> 2) + (threadIdx.x >> 2);
+    const int q = threadIdx.x & 1;
+    const int c = blockIdx.x * (blockDim.x >> 1) + (threadIdx.x >> 1);
     const int b = blockIdx.y;
     const bool on = c < a.DI;
     float acc = 0.f, u = 0.f;
-    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    float4 s[2] = {make_float4(0.f, 0.f, 0.f, 0.f), make_float4(0.f, 0.f, 0.f, 0.f)};
     float* st = nullptr;
     if (on) {
-        st = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + 4 * q;
-        s = *reinterpret_cast<const float4*>(st);
-        const float4 A = *reinterpret_cast<const float4*>(a.A + (size_t)c * SCAN_N + 4 * q);
+        st = ssm_state + ((size_t)entry_slot[b] * a.DI + c) * SCAN_N + 8 * q;
+        s[0] = *reinterpret_cast<const float4*>(st);
+        s[1] = *reinterpret_cast<const float4*>(st + 4);
+        const float4* ap = reinterpret_cast<const float4*>(a.A + (size_t)c * SCAN_N + 8 * q);
+        const float4 A[2] = {ap[0], ap[1]};
         const int h = c / a.DH, XR = a.R + 2 * SCAN_N;
-        const bf16* bp = a.xdbl + ((size_t)b * a.NH + h) * XR + a.R + 4 * q;
-        float B[4], C[4];
-        if ((reinterpret_cast<uintptr_t>(bp) & 7) == 0) {  // 4 bf16 at once (R % 4 == 0)
-            const uint2 bv = *reinterpret_cast<const uint2*>(bp);
-            const uint2 cv = *reinterpret_cast<const uint2*>(bp + SCAN_N);
-            const bf16* bb = reinterpret_cast<const bf16*>(&bv);
-            const bf16* cb = reinterpret_cast<const bf16*>(&cv);
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                B[i] = to_f(bb[i]);
-                C[i] = to_f(cb[i]);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                B[i] = to_f(bp[i]);
-                C[i] = to_f(bp[SCAN_N + i]);
-            }
-        }
+        const bf16* bp = a.xdbl + ((size_t)b * a.NH + h) * XR + a.R + 8 * q;
+        float B[8], C[8];
+        load8_bf16(bp, B);
+        load8_bf16(bp + SCAN_N, C);
         const float dt = softplus_fast(to_f(a.dtr[(size_t)b * a.DI + c]) + a.dt_bias[c]);
         u = to_f(a.u[(size_t)b * a.DI + c]);
-        s.x = ex2_ftz(dt * (A.x * LOG2E)) * s.x + dt * B[0] * u;
-        s.y = ex2_ftz(dt * (A.y * LOG2E)) * s.y + dt * B[1] * u;
-        s.z = ex2_ftz(dt * (A.z * LOG2E)) * s.z + dt * B[2] * u;
-        s.w = ex2_ftz(dt * (A.w * LOG2E)) * s.w + dt * B[3] * u;
-        acc = ((s.x * C[0] + s.y * C[1]) + s.z * C[2]) + s.w * C[3];
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            float4& sg = s[g];
+            const float* Bg = B + 4 * g;
+            const float* Cg = C + 4 * g;
+            sg.x = ex2_ftz(dt * (A[g].x * LOG2E)) * sg.x + dt * Bg[0] * u;
+            sg.y = ex2_ftz(dt * (A[g].y * LOG2E)) * sg.y + dt * Bg[1] * u;
+            sg.z = ex2_ftz(dt * (A[g].z * LOG2E)) * sg.z + dt * Bg[2] * u;
+            sg.w = ex2_ftz(dt * (A[g].w * LOG2E)) * sg.w + dt * Bg[3] * u;
+        }
+        const float p0 = ((s[0].x * C[0] + s[0].y * C[1]) + s[0].z * C[2]) + s[0].w * C[3];
+        const float p1 = ((s[1].x * C[4] + s[1].y * C[5]) + s[1].z * C[6]) + s[1].w * C[7];
+        acc = p0 + p1;
     }
     acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-    acc += __shfl_xor_sync(0xffffffffu, acc, 2);
     if (!on) return;
-    *reinterpret_cast<float4*>(st) = s;
+    *reinterpret_cast<float4*>(st) = s[0];
+    *reinterpret_cast<float4*>(st + 4) = s[1];
     if (q == 0) {
         const float z = to_f(a.z[(size_t)b * a.ldz + c]);
         y[(size_t)b * a.DI + c] = to_bf((acc + a.D[c] * u) * silu_fast(z));

@@ -159,10 +159,10 @@ impl Gpu {
     pub fn ssm_decode(&self, s: &ScanArgs, meta: &BatchMeta, ssm_state: u64, y: u64, b: usize) -> Result<()> {
         let mut a = Args::new();
         a.push(*s).push(meta.entry_slot).push(ssm_state).push(y);
-        // 4 lanes per channel, 64 channels per block (csrc/scan.cu).
+        // 2 lanes per channel, 128 channels per block (csrc/scan.cu).
         self.launch(
             "ssm_decode",
-            (blocks(s.di as usize, 64), b as u32, 1),
+            (blocks(s.di as usize, 128), b as u32, 1),
             256,
             &mut a,
         )
