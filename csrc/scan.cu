@@ -203,8 +203,9 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS)
 // contiguous. The per-channel work (dt, softplus, the loads of dtr and u) is done by both lanes
 // of a channel: with four lanes per channel it was done four times, and the kernel was bound by
 // instruction issue at batch 64 (ncu: SM throughput 69%, DRAM 30%, 21 us per layer for 61 MB of
-// state traffic). One thread per channel with its 16 states read as 64-byte-strided float4s and
-// A, B and C loaded one value at a time took 34 us. Lanes past DI compute nothing but take part
+// state traffic; now 18.5 us). One thread per channel with its 16 states took 34 us with A, B and
+// C loaded one value at a time, and 23.8 us with 16-byte loads (80 registers, fewer warps in
+// flight). Four entries per thread did not help either. Lanes past DI compute nothing but take part
 // in the shuffle. exp(dt·A), softplus and silu are the prefill scan's fast forms (ex2.approx.ftz,
 // softplus_fast, silu_fast; see scan_seq).
 // Launch: grid (ceil(DI / 128), B), block 256.
