@@ -4,7 +4,8 @@
 //! cross entries), its state update, then a one-token update for three sequences; the selective
 //! scan over 1, 7, 333 and 2049 (one pass per sequence), then one-token SSM decode for six
 //! sequences, four of them from the states it wrote; SSM decode with dt_proj fused in, at batch
-//! 11 over 16 state slots and then batch 1.
+//! 11 over 16 state slots and then batch 1; the batched decode conv + x_proj at batches 64, 37
+//! and 70.
 //! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
 //! without a GPU.
 
@@ -152,6 +153,91 @@ fn causal_conv1d_prefill_update_and_state() {
             &state1[e.slot * sz..(e.slot + 1) * sz],
             &st[..],
             "conv state after update"
+        );
+    }
+}
+
+/// The batched decode conv + x_proj (`conv_xproj` and its reduction) against the CPU: batches of
+/// 64 (whole tiles), 37 (a partial tile of entries) and 70 (two entry groups), over scattered
+/// slots of 80. The conv outputs and states must match `causal_conv1d_silu` as conv1d_update's
+/// do; x_proj (2 heads of 264 rows over 3712 channels) is checked against a float64 product of
+/// the kernel's own conv outputs with the weights, so that only the product and its rounding to
+/// bf16 are measured.
+#[test]
+fn conv_and_x_proj_for_a_decode_batch() {
+    let Some(g) = gpu_or_skip("conv_xproj") else {
+        return;
+    };
+    let mut rng = Rng(17);
+    let slots = 80;
+    let sz = (K - 1) * DI;
+    let state0 = rng.bf16_vec(slots * sz, -2.0, 2.0);
+    let w = rng.f32_vec(DI * K, -0.5, 0.5);
+    let b = rng.f32_vec(DI, -0.3, 0.3);
+    let wx = rng.bf16_vec(NH * XR * DH, -0.1, 0.1);
+    let (dstate, dw, db, dwx) = (
+        up_bf16(&g, &state0),
+        up_f32(&g, &w),
+        up_f32(&g, &b),
+        up_bf16(&g, &wx),
+    );
+    let mut states = state0.clone();
+    for batch in [64usize, 37, 70] {
+        let spec: Vec<(usize, usize, usize)> = (0..batch).map(|i| ((i * 37 + batch) % slots, 1, 5)).collect();
+        let es = entries(&spec);
+        let bb = batch_buffers(&g, &es);
+        let xz = rng.bf16_vec(batch * 2 * DI, -2.0, 2.0);
+        let dxz = up_bf16(&g, &xz);
+        let xc = poisoned(&g, batch * DI * 2);
+        let xdbl = poisoned(&g, batch * NH * XR * 2);
+        let part = poisoned(&g, (DI / 64) * batch * XR * 4);
+        g.conv_xproj(
+            dxz.ptr(),
+            2 * DI,
+            &bb.meta,
+            (dstate.ptr(), dw.ptr(), db.ptr()),
+            dwx.ptr(),
+            xc.ptr(),
+            part.ptr(),
+            xdbl.ptr(),
+            batch,
+            (NH, DH, XR, K),
+        )
+        .unwrap();
+        let got_xc = down_bf16(&g, xc.ptr(), batch * DI);
+        let got_xdbl = down_bf16(&g, xdbl.ptr(), batch * NH * XR);
+        let got_state = down_bf16(&g, dstate.ptr(), slots * sz);
+        for (bi, e) in es.iter().enumerate() {
+            let st = &mut states[e.slot * sz..(e.slot + 1) * sz];
+            let want = causal_conv1d_silu(&xz[bi * 2 * DI..bi * 2 * DI + DI], 1, &w, &b, st);
+            assert_close(
+                &format!("conv_xproj conv (batch {batch})"),
+                &got_xc[bi * DI..(bi + 1) * DI],
+                &want,
+                1e-3,
+                BF16_RTOL,
+            );
+            assert_eq!(
+                &got_state[e.slot * sz..(e.slot + 1) * sz],
+                &st[..],
+                "conv state (batch {batch}, slot {})",
+                e.slot
+            );
+        }
+        let want_xdbl: Vec<f32> = (0..batch * NH * XR)
+            .map(|idx| {
+                let (bi, hh, r) = (idx / (NH * XR), (idx / XR) % NH, idx % XR);
+                let x = &got_xc[bi * DI + hh * DH..bi * DI + (hh + 1) * DH];
+                let wr = &wx[(hh * XR + r) * DH..(hh * XR + r + 1) * DH];
+                x.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() as f32
+            })
+            .collect();
+        assert_close(
+            &format!("conv_xproj x_proj (batch {batch})"),
+            &got_xdbl,
+            &want_xdbl,
+            1e-3,
+            1.0 / 256.0,
         );
     }
 }

@@ -118,7 +118,24 @@ impl GpuModel {
                 normed = norm_w != 0;
                 continue;
             }
-            if decode {
+            // Decode past the single-row paths, when switched on (see `GpuModel::conv_xproj`):
+            // the conv and x_proj in two kernels of ours (csrc/conv.cu), instead of
+            // conv1d_update and the x_proj GEMM below.
+            let conv_xproj = decode && m > 8 && self.conv_xproj;
+            if conv_xproj {
+                g.conv_xproj(
+                    ws.xz.ptr(),
+                    2 * di,
+                    &meta,
+                    (conv, lw.conv_w, lw.conv_b),
+                    lw.x_proj,
+                    ws.xc.ptr(),
+                    ws.xpart.ptr(),
+                    ws.xdbl.ptr(),
+                    m,
+                    (nh, dh, xr, k),
+                )?;
+            } else if decode {
                 g.conv1d_update(
                     ws.xz.ptr(),
                     2 * di,
@@ -147,20 +164,22 @@ impl GpuModel {
                 g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
             }
             // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
-            gemm::run(
-                g,
-                blas,
-                &Gemm {
-                    ldx: di,
-                    ldw: dh,
-                    ldy: nh * xr,
-                    batch: nh,
-                    stride_x: dh,
-                    stride_w: xr * dh,
-                    stride_y: xr,
-                    ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
-                },
-            )?;
+            if !conv_xproj {
+                gemm::run(
+                    g,
+                    blas,
+                    &Gemm {
+                        ldx: di,
+                        ldw: dh,
+                        ldy: nh * xr,
+                        batch: nh,
+                        stride_x: dh,
+                        stride_w: xr * dh,
+                        stride_y: xr,
+                        ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
+                    },
+                )?;
+            }
             // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
             // Small decode batches skip it: ssm_decode_dt computes dtr itself (larger ones are
             // faster through cuBLAS and one thread per channel).
