@@ -119,7 +119,7 @@ impl GpuModel {
                 continue;
             }
             // Decode past the single-row paths, when switched on (see `GpuModel::conv_xproj`):
-            // the conv and x_proj in two kernels of ours (csrc/conv.cu), instead of
+            // the conv and x_proj in two kernels of ours (csrc/conv_xproj.cu), instead of
             // conv1d_update and the x_proj GEMM below.
             let conv_xproj = decode && m > 8 && self.conv_xproj;
             if conv_xproj {

@@ -74,7 +74,7 @@ pub struct GpuModel {
     /// (`ZAMBA_STEP_NORM=0` turns it off: the rmsnorm kernel runs instead).
     step_norm: bool,
     /// Decode steps of more than 8 sequences run the conv and x_proj as `conv_xproj` and its
-    /// reduction (csrc/conv.cu) where the config fits it. Off by default, on with
+    /// reduction (csrc/conv_xproj.cu) where the config fits it. Off by default, on with
     /// `ZAMBA_CONV_XPROJ=1`: its first form was slower than conv1d_update and the x_proj GEMM
     /// at batch 64, and the current one is not measured yet (BENCHMARKS.md, twelfth session).
     conv_xproj: bool,

@@ -1,4 +1,5 @@
-//! Launchers of the Mamba kernels: causal conv1d (csrc/conv.cu) and the selective scan (csrc/scan.cu).
+//! Launchers of the Mamba kernels: causal conv1d (csrc/conv.cu; the batched decode conv +
+//! x_proj in csrc/conv_xproj.cu) and the selective scan (csrc/scan.cu).
 
 #![allow(clippy::too_many_arguments)]
 
@@ -130,7 +131,7 @@ impl Gpu {
 
     /// Decode at batch `b`: the conv update of `conv1d_update` (conv output to `xc`, the state
     /// updated) and x_proj's per-block partial sums into `part` (`[DI / 64, b, xr]` fp32), then
-    /// their reduction into `xdbl` (`[b, NH, xr]` bf16) in a fixed order (csrc/conv.cu). `w_x`
+    /// their reduction into `xdbl` (`[b, NH, xr]` bf16) in a fixed order (csrc/conv_xproj.cu). `w_x`
     /// is the x_proj weight `[NH, xr, DH]`. Needs [`conv_xproj_fits`]`(dh, xr, k)`.
     pub fn conv_xproj(
         &self,
@@ -169,7 +170,7 @@ impl Gpu {
             .push(i(dh))
             .push(i(xr))
             .push(i(k));
-        // 64 channels and 64 entries per block (CX_CH, CX_EB in csrc/conv.cu).
+        // 64 channels and 64 entries per block (CX_CH, CX_EB in csrc/conv_xproj.cu).
         self.launch(
             "conv_xproj",
             ((di / CONV_XPROJ_CHANNELS) as u32, blocks(b, 64), 1),

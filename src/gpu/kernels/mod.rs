@@ -101,7 +101,7 @@ pub fn ssm_decode_dt_fits(r: usize) -> bool {
     r % 8 == 0 && r <= 256
 }
 
-/// Channels per block of `conv_xproj` (CX_CH in csrc/conv.cu) and the most x_proj rows per head
+/// Channels per block of `conv_xproj` (CX_CH in csrc/conv_xproj.cu) and the most x_proj rows per head
 /// it holds in shared memory (CX_XR_MAX).
 pub const CONV_XPROJ_CHANNELS: usize = 64;
 const CONV_XPROJ_MAX_ROWS: usize = 272;
