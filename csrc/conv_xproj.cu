@@ -15,7 +15,8 @@
 // Status: off by default (ZAMBA_CONV_XPROJ=1). The first form passed its tests on the H200 but
 // was slower: ncu 13.6 + 4.9 us at batch 64 (its weight slice loaded by a load-then-store loop,
 // one round trip per piece, and the reduction's loads one at a time). The current form (cp.async
-// for the slice, every conv load issued first, 16 reduction loads in flight) is not measured.
+// for the slice, every conv load issued first, 16 reduction loads in flight) passes the host
+// emulation (scripts/conv_xproj_emu.sh, Zamba-7B's sizes included) but has not run on a GPU yet.
 // Launch: grid (DI / 64, ceil(B / 64)), block 256. Needs K <= 4, XR % 8 == 0, XR <= CX_XR_MAX,
 // DH % 64 == 0, ldx % 8 == 0 and 16-byte aligned xs, conv_state, xc, w, bias and x_proj.
 #include "common.cuh"

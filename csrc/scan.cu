@@ -250,7 +250,6 @@ extern "C" __global__ void ssm_decode(ScanArgs a, const int* entry_slot,
         for (int g = 0; g < 2; ++g) {
             float4& sg = s[g];
             const float* Bg = B + 4 * g;
-            const float* Cg = C + 4 * g;
             sg.x = ex2_ftz(dt * (A[g].x * LOG2E)) * sg.x + dt * Bg[0] * u;
             sg.y = ex2_ftz(dt * (A[g].y * LOG2E)) * sg.y + dt * Bg[1] * u;
             sg.z = ex2_ftz(dt * (A[g].z * LOG2E)) * sg.z + dt * Bg[2] * u;
