@@ -253,20 +253,10 @@ __device__ __forceinline__ void fa_prefill(const bf16* __restrict__ qkv, int ldq
         }
     }
 
-    // Row sums: over the quad, then over the pair (each warp summed its own keys).
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    float* l_mine = l_s + (pair * 2 + half) * 16;
-    const float* l_other = l_s + (pair * 2 + (half ^ 1)) * 16;
-    if (tq == 0) {
-        l_mine[gq] = l0;
-        l_mine[gq + 8] = l1;
-    }
-    fa_pair_sync(pair);
+    // Row sums over both warps of the pair (each warp summed its own keys).
+    fa_pair_share_row_sums(l0, l1, l_s + (pair * 2 + half) * 16, gq, tq, pair);
     if (!pair_live) return;
+    const float* l_other = l_s + (pair * 2 + (half ^ 1)) * 16;
     const float i0 = 1.f / (l0 + l_other[gq]), i1 = 1.f / (l1 + l_other[gq + 8]);
     const int t0 = wq0 + gq, t1 = t0 + 8;
     bf16* o0 = out + (size_t)(row0 + t0) * ldo + (size_t)h * HD + dbase + 2 * tq;

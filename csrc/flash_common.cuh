@@ -1,6 +1,6 @@
 // Helpers shared by the two flash prefill kernels (flash_attn.cu with mma.sync, flash_wgmma.cu
 // with wgmma): shared-window addresses, 16-byte cp.async with zero fill, the warp-pair barrier,
-// bf16 packing, and the online-softmax step of a key tile.
+// bf16 packing, the online-softmax step of a key tile, and the final row sums.
 #pragma once
 #include "common.cuh"
 
@@ -83,4 +83,22 @@ __device__ __forceinline__ void fa_softmax_tile(float (&s)[NS][4], int key0, int
         }
     l0 = l0 * c0 + rs0;
     l1 = l1 * c1 + rs1;
+}
+
+// The final row sums of a thread's two rows (gq and gq + 8), where each warp of pair `pair`
+// summed its own half of the keys into l0 and l1: sums them over the 4 lanes that share a row,
+// stores them for the other warp at l_mine (16 floats per warp) and waits at the pair's barrier.
+// Both warps of the pair call it, before either may exit; the caller then adds the other warp's
+// sums (its l_mine) to its own.
+__device__ __forceinline__ void fa_pair_share_row_sums(float& l0, float& l1, float* l_mine, int gq, int tq, int pair) {
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    if (tq == 0) {
+        l_mine[gq] = l0;
+        l_mine[gq + 8] = l1;
+    }
+    fa_pair_sync(pair);
 }
