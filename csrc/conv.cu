@@ -172,25 +172,10 @@ __device__ __forceinline__ void conv1d_update_body(const bf16* xs, int ldx, cons
     }
     pdl_wait();
     win[KW - 1].u = *reinterpret_cast<const uint4*>(xs + (size_t)b * ldx + c0);
-    float acc[8];
-#pragma unroll
-    for (int ch = 0; ch < 8; ++ch) acc[ch] = bs[ch];
-#pragma unroll
-    for (int t = 0; t < KW; ++t) {
-        if (t >= KW - K) {
-#pragma unroll
-            for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(win[t].h[ch]);
-        }
-    }
     Bf16x8 o;
-#pragma unroll
-    for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
+    conv_token8<KW>(wt, bs, win, K, o);
     *reinterpret_cast<uint4*>(out + (size_t)b * DI + c0) = o.u;
-#pragma unroll
-    for (int q = 0; q < KW - 1; ++q) {
-        const int j = q - (KW - K);
-        if (j >= 0) *reinterpret_cast<uint4*>(st + (size_t)j * DI) = win[q + 1].u;
-    }
+    conv_state_shift8<KW>(st, win, K, DI);
 }
 
 // K <= 4 (Zamba's 4 among them).

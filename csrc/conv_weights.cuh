@@ -1,4 +1,5 @@
-// The conv weight loader shared by csrc/conv.cu and csrc/conv_xproj.cu.
+// The one-token conv pieces shared by csrc/conv.cu and csrc/conv_xproj.cu: the weight loader,
+// the conv of 8 channels and the shift of their conv state.
 #pragma once
 #include "common.cuh"
 
@@ -29,5 +30,36 @@ __device__ __forceinline__ void conv_load_weights(const float* w, const float* b
 #pragma unroll
             for (int t = 0; t < KW; ++t) wt[t][ch] = t >= KW - K ? w[(size_t)(c0 + ch) * K + t - (KW - K)] : 0.f;
         }
+    }
+}
+
+// One token's conv of 8 channels from its window (win[t] = tap t; with K < KW taps the slots
+// below KW - K are unused): bf16(silu(b + sum over t of wt[t] * win[t])) into o, fp32, bias
+// first, then the taps in order (conv1d_update and conv_xproj).
+template <int KW>
+__device__ __forceinline__ void conv_token8(const float (&wt)[KW][8], const float (&b)[8], const Bf16x8 (&win)[KW],
+                                            int K, Bf16x8& o) {
+    float acc[8];
+#pragma unroll
+    for (int ch = 0; ch < 8; ++ch) acc[ch] = b[ch];
+#pragma unroll
+    for (int t = 0; t < KW; ++t) {
+        if (t >= KW - K) {
+#pragma unroll
+            for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(win[t].h[ch]);
+        }
+    }
+#pragma unroll
+    for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
+}
+
+// The conv state of those 8 channels after the token (st: its row 0, rows DI apart, oldest
+// first): state row j = held slot j + KW - K + 1, i.e. the window without its oldest tap.
+template <int KW>
+__device__ __forceinline__ void conv_state_shift8(bf16* st, const Bf16x8 (&win)[KW], int K, int DI) {
+#pragma unroll
+    for (int q = 0; q < KW - 1; ++q) {
+        const int j = q - (KW - K);
+        if (j >= 0) *reinterpret_cast<uint4*>(st + (size_t)j * DI) = win[q + 1].u;
     }
 }

@@ -78,24 +78,9 @@ extern "C" __global__ void __launch_bounds__(256)
         if (slot[it] >= 0) {
             float wt[4][8], bs[8];
             conv_load_weights<4>(w, bias, c, K, wt, bs);
-            float acc[8];
-#pragma unroll
-            for (int ch = 0; ch < 8; ++ch) acc[ch] = bs[ch];
-#pragma unroll
-            for (int t = 0; t < 4; ++t)
-                if (t >= 4 - K) {
-#pragma unroll
-                    for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(win[it][t].h[ch]);
-                }
-#pragma unroll
-            for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
+            conv_token8<4>(wt, bs, win[it], K, o);
             *reinterpret_cast<uint4*>(xc + (size_t)(b0 + e) * DI + c) = o.u;
-            bf16* st = conv_state + (size_t)slot[it] * (K - 1) * DI + c;
-#pragma unroll
-            for (int t = 0; t < 3; ++t) {
-                const int j = t - (4 - K);
-                if (j >= 0) *reinterpret_cast<uint4*>(st + (size_t)j * DI) = win[it][t + 1].u;
-            }
+            conv_state_shift8<4>(conv_state + (size_t)slot[it] * (K - 1) * DI + c, win[it], K, DI);
         }
         *reinterpret_cast<uint4*>(xsm + e * CX_LDS + 8 * (item & 7)) = o.u;
     }
