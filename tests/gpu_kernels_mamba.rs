@@ -18,6 +18,7 @@ use common::gpu::{
 use common::{assert_close, gpu_or_skip, Rng};
 use half::bf16;
 use zamba::cpu::mamba::{causal_conv1d_silu, selective_scan};
+use zamba::gpu::batch::Entry;
 use zamba::gpu::kernels::ScanArgs;
 
 #[test]
@@ -139,20 +140,39 @@ fn causal_conv1d_prefill_update_and_state() {
     .unwrap();
     let got1 = down_bf16(&g, out1.ptr(), 3 * DI);
     let state1 = down_bf16(&g, dstate.ptr(), slots * sz);
-    for (bi, e) in es1.iter().enumerate() {
-        let mut st = got_state[e.slot * sz..(e.slot + 1) * sz].to_vec();
-        let want = causal_conv1d_silu(&x1[bi * 2 * DI..bi * 2 * DI + DI], 1, &w, &b, &mut st);
+    let mut states = got_state.clone();
+    check_conv_tokens("conv update", &x1, &es1, (&w, &b), &mut states, &got1, &state1);
+}
+
+/// One-token conv results against the CPU: entry bi of `es` has its input in row bi of `xz`
+/// (rows of 2·DI, x first); `causal_conv1d_silu` from its slot's state in `states` (which it
+/// advances) must give row bi of `got` within bf16 rounding, and exactly its slot's state in
+/// `got_state`.
+fn check_conv_tokens(
+    what: &str,
+    xz: &[f32],
+    es: &[Entry],
+    (w, b): (&[f32], &[f32]),
+    states: &mut [f32],
+    got: &[f32],
+    got_state: &[f32],
+) {
+    let sz = (K - 1) * DI;
+    for (bi, e) in es.iter().enumerate() {
+        let st = &mut states[e.slot * sz..(e.slot + 1) * sz];
+        let want = causal_conv1d_silu(&xz[bi * 2 * DI..bi * 2 * DI + DI], 1, w, b, st);
         assert_close(
-            "conv update",
-            &got1[bi * DI..(bi + 1) * DI],
+            &format!("{what}: conv output"),
+            &got[bi * DI..(bi + 1) * DI],
             &want,
             1e-3,
             BF16_RTOL,
         );
         assert_eq!(
-            &state1[e.slot * sz..(e.slot + 1) * sz],
+            &got_state[e.slot * sz..(e.slot + 1) * sz],
             &st[..],
-            "conv state after update"
+            "{what}: conv state of slot {}",
+            e.slot
         );
     }
 }
@@ -207,23 +227,15 @@ fn conv_and_x_proj_for_a_decode_batch() {
         let got_xc = down_bf16(&g, xc.ptr(), batch * DI);
         let got_xdbl = down_bf16(&g, xdbl.ptr(), batch * NH * XR);
         let got_state = down_bf16(&g, dstate.ptr(), slots * sz);
-        for (bi, e) in es.iter().enumerate() {
-            let st = &mut states[e.slot * sz..(e.slot + 1) * sz];
-            let want = causal_conv1d_silu(&xz[bi * 2 * DI..bi * 2 * DI + DI], 1, &w, &b, st);
-            assert_close(
-                &format!("conv_xproj conv (batch {batch})"),
-                &got_xc[bi * DI..(bi + 1) * DI],
-                &want,
-                1e-3,
-                BF16_RTOL,
-            );
-            assert_eq!(
-                &got_state[e.slot * sz..(e.slot + 1) * sz],
-                &st[..],
-                "conv state (batch {batch}, slot {})",
-                e.slot
-            );
-        }
+        check_conv_tokens(
+            &format!("conv_xproj (batch {batch})"),
+            &xz,
+            &es,
+            (&w, &b),
+            &mut states,
+            &got_xc,
+            &got_state,
+        );
         let want_xdbl: Vec<f32> = (0..batch * NH * XR)
             .map(|idx| {
                 let (bi, hh, r) = (idx / (NH * XR), (idx / XR) % NH, idx % XR);
