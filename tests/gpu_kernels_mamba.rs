@@ -202,6 +202,30 @@ fn conv_and_x_proj_for_a_decode_batch() {
         up_bf16(&g, &wx),
     );
     let mut states = state0.clone();
+    // Shapes it cannot take are an error, before anything is launched: x_proj rows not in n8
+    // tiles, a head dim not in 64-channel blocks, more than 4 taps.
+    {
+        let es = entries(&[(0, 1, 5)]);
+        let bb = batch_buffers(&g, &es);
+        let buf = poisoned(&g, 1 << 20);
+        for (dh, xr, k) in [(DH, XR - 4, K), (DH - 8, XR, K), (DH, XR, 5)] {
+            let err = g
+                .conv_xproj(
+                    buf.ptr(),
+                    2 * DI,
+                    &bb.meta,
+                    (dstate.ptr(), dw.ptr(), db.ptr()),
+                    dwx.ptr(),
+                    buf.ptr(),
+                    buf.ptr(),
+                    buf.ptr(),
+                    1,
+                    (NH, dh, xr, k),
+                )
+                .unwrap_err();
+            assert!(err.to_string().contains("conv_xproj needs"), "{err}");
+        }
+    }
     for batch in [64usize, 37, 70] {
         let spec: Vec<(usize, usize, usize)> = (0..batch).map(|i| ((i * 37 + batch) % slots, 1, 5)).collect();
         let es = entries(&spec);

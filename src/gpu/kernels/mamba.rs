@@ -5,7 +5,7 @@
 
 use super::{
     blocks, conv_xproj_fits, i, ssm_decode_dt_fits, BatchMeta, ScanArgs, CONV_XPROJ_CHANNELS,
-    SCAN_SEQ_CHANNELS,
+    CONV_XPROJ_MAX_ROWS, SCAN_SEQ_CHANNELS,
 };
 use crate::error::Result;
 use crate::gpu::device::{Args, Gpu};
@@ -152,7 +152,7 @@ impl Gpu {
         if !conv_xproj_fits(dh, xr, k) {
             return Err(crate::error::ZambaError::InvalidInput(format!(
                 "conv_xproj needs a Mamba head dim divisible by {CONV_XPROJ_CHANNELS}, x_proj rows a multiple of \
-                 8 up to 272 and a conv width of at most 4; got {dh}, {xr}, {k}"
+                 8 up to {CONV_XPROJ_MAX_ROWS} and a conv width of at most 4; got {dh}, {xr}, {k}"
             )));
         }
         let mut a = Args::new();
