@@ -1,5 +1,5 @@
-// The one-token conv pieces shared by csrc/conv.cu and csrc/conv_xproj.cu: the weight loader,
-// the conv of 8 channels and the shift of their conv state.
+// The one-token conv pieces of csrc/conv.cu (conv1d_update; scripts/conv_emu.sh checks them on
+// the host): the weight loader, the conv of 8 channels and the shift of their conv state.
 #pragma once
 #include "common.cuh"
 
@@ -35,7 +35,7 @@ __device__ __forceinline__ void conv_load_weights(const float* w, const float* b
 
 // One token's conv of 8 channels from its window (win[t] = tap t; with K < KW taps the slots
 // below KW - K are unused): bf16(silu(b + sum over t of wt[t] * win[t])) into o, fp32, bias
-// first, then the taps in order (conv1d_update and conv_xproj).
+// first, then the taps in order.
 template <int KW>
 __device__ __forceinline__ void conv_token8(const float (&wt)[KW][8], const float (&b)[8], const Bf16x8 (&win)[KW],
                                             int K, Bf16x8& o) {

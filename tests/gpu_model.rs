@@ -256,9 +256,8 @@ fn a_decode_batch_of_twelve_matches_each_sequence_alone_at_7b_shape() {
         return;
     }
     // The real sizes with 8 layers. A decode step of more than 8 sequences runs the Mamba
-    // layers' batched path (conv1d_update, the x_proj and dt_proj GEMMs, ssm_decode; with
-    // ZAMBA_CONV_XPROJ=1 conv_xproj and its reduction for the first two); one sequence alone
-    // runs mamba_step. Both continue from the same prefilled states.
+    // layers' batched path (conv1d_update, the x_proj and dt_proj GEMMs, ssm_decode); one
+    // sequence alone runs mamba_step. Both continue from the same prefilled states.
     let mut cfg = ZambaConfig::from_json_str(r#"{"model_type": "zamba", "num_hidden_layers": 8}"#).unwrap();
     cfg.max_position_embeddings = 256;
     let n = 12;

@@ -1,7 +1,6 @@
 //! Every activation buffer of a forward, allocated once for the largest batch the engine takes
 //! (max_tokens rows, `slots` sequences, contexts up to `ctx`).
 
-use super::kernels::CONV_XPROJ_CHANNELS;
 use super::mem::DeviceBuf;
 use crate::config::ZambaConfig;
 use crate::error::Result;
@@ -27,9 +26,6 @@ pub struct Workspace {
     pub xdbl: DeviceBuf,
     /// dt_proj output `[M, DI]`.
     pub dtr: DeviceBuf,
-    /// Batched decode: x_proj's partial sums per 64-channel block, `[DI / 64, slots, R + 2N]` fp32
-    /// (`conv_xproj`).
-    pub xpart: DeviceBuf,
     /// Scan output `[M, DI]`.
     pub y: DeviceBuf,
     /// Shared block: normed concat `[M, 2H]`, qkv `[M, Q + 2KV]`, attention output `[M, Q]`,
@@ -86,10 +82,6 @@ fn sizes(cfg: &ZambaConfig, m: usize, slots: usize, ctx: usize) -> Vec<(&'static
         ("xc", m * di * bf),
         ("xdbl", m * xd * bf),
         ("dtr", m * di * bf),
-        (
-            "xpart",
-            di.div_ceil(CONV_XPROJ_CHANNELS) * slots * cfg.x_proj_rows() * 4,
-        ),
         ("y", m * di * bf),
         ("a", m * 2 * h * bf),
         ("qkv", m * (q + 2 * kv) * bf),
@@ -141,7 +133,6 @@ impl Workspace {
             xc: next("xc")?,
             xdbl: next("xdbl")?,
             dtr: next("dtr")?,
-            xpart: next("xpart")?,
             y: next("y")?,
             a: next("a")?,
             qkv: next("qkv")?,

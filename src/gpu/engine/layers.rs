@@ -118,24 +118,7 @@ impl GpuModel {
                 normed = norm_w != 0;
                 continue;
             }
-            // Decode past the single-row paths, when switched on (see `GpuModel::conv_xproj`):
-            // the conv and x_proj in two kernels of ours (csrc/conv_xproj.cu), instead of
-            // conv1d_update and the x_proj GEMM below.
-            let conv_xproj = decode && m > 8 && self.conv_xproj;
-            if conv_xproj {
-                g.conv_xproj(
-                    ws.xz.ptr(),
-                    2 * di,
-                    &meta,
-                    (conv, lw.conv_w, lw.conv_b),
-                    lw.x_proj,
-                    ws.xc.ptr(),
-                    ws.xpart.ptr(),
-                    ws.xdbl.ptr(),
-                    m,
-                    (nh, dh, xr, k),
-                )?;
-            } else if decode {
+            if decode {
                 g.conv1d_update(
                     ws.xz.ptr(),
                     2 * di,
@@ -164,7 +147,7 @@ impl GpuModel {
                 g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
             }
             // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
-            if !conv_xproj {
+            {
                 gemm::run(
                     g,
                     blas,

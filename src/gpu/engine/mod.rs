@@ -25,7 +25,7 @@ use super::batch::{BatchBuffers, Entry};
 use super::cache::SlotStates;
 use super::device::Gpu;
 use super::gemm::{self, Blas, Gemm};
-use super::kernels::{conv_xproj_fits, StepDims, FLASH_MAX_HD, SCAN_SEQ_CHANNELS};
+use super::kernels::{StepDims, FLASH_MAX_HD, SCAN_SEQ_CHANNELS};
 use super::loader::{check_free, GpuWeights};
 use super::workspace::Workspace;
 use crate::config::ZambaConfig;
@@ -73,11 +73,6 @@ pub struct GpuModel {
     /// `mamba_step` also computes the RMSNorm after it where that is a plain one
     /// (`ZAMBA_STEP_NORM=0` turns it off: the rmsnorm kernel runs instead).
     step_norm: bool,
-    /// Decode steps of more than 8 sequences run the conv and x_proj as `conv_xproj` and its
-    /// reduction (csrc/conv_xproj.cu) where the config fits it. Off by default, on with
-    /// `ZAMBA_CONV_XPROJ=1`: its first form was slower than conv1d_update and the x_proj GEMM
-    /// at batch 64, and the current one is not measured yet (BENCHMARKS.md, twelfth session).
-    conv_xproj: bool,
     /// Host scratch for a decode step, sized at load so that the step allocates nothing.
     step_entries: Vec<Entry>,
     step_tokens: Vec<u32>,
@@ -141,8 +136,6 @@ impl GpuModel {
             use_graphs: std::env::var("ZAMBA_GRAPH").map_or(true, |v| v != "0"),
             step_dims,
             step_norm: std::env::var("ZAMBA_STEP_NORM").map_or(true, |v| v != "0"),
-            conv_xproj: std::env::var("ZAMBA_CONV_XPROJ").is_ok_and(|v| v == "1")
-                && conv_xproj_fits(cfg.mamba_head_dim(), cfg.x_proj_rows(), cfg.mamba_d_conv),
             step_entries: Vec::with_capacity(opts.slots),
             step_tokens: Vec::with_capacity(opts.slots),
             step_ids: vec![0; opts.slots],

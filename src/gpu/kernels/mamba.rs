@@ -1,12 +1,9 @@
-//! Launchers of the Mamba kernels: causal conv1d (csrc/conv.cu; the batched decode conv +
-//! x_proj in csrc/conv_xproj.cu) and the selective scan (csrc/scan.cu).
+//! Launchers of the Mamba kernels: causal conv1d (csrc/conv.cu) and the selective scan
+//! (csrc/scan.cu).
 
 #![allow(clippy::too_many_arguments)]
 
-use super::{
-    blocks, conv_xproj_fits, i, ssm_decode_dt_fits, BatchMeta, ScanArgs, CONV_XPROJ_CHANNELS,
-    CONV_XPROJ_MAX_ROWS, SCAN_SEQ_CHANNELS,
-};
+use super::{blocks, i, ssm_decode_dt_fits, BatchMeta, ScanArgs, SCAN_SEQ_CHANNELS};
 use crate::error::Result;
 use crate::gpu::device::{Args, Gpu};
 
@@ -127,64 +124,6 @@ impl Gpu {
             threads as u32,
             &mut a,
         )
-    }
-
-    /// Decode at batch `b`: the conv update of `conv1d_update` (conv output to `xc`, the state
-    /// updated) and x_proj's per-block partial sums into `part` (`[DI / 64, b, xr]` fp32), then
-    /// their reduction into `xdbl` (`[b, NH, xr]` bf16) in a fixed order (csrc/conv_xproj.cu). `w_x`
-    /// is the x_proj weight `[NH, xr, DH]`. Needs [`conv_xproj_fits`]`(dh, xr, k)`.
-    pub fn conv_xproj(
-        &self,
-        xs: u64,
-        ldx: usize,
-        meta: &BatchMeta,
-        conv: (u64, u64, u64),
-        w_x: u64,
-        xc: u64,
-        part: u64,
-        xdbl: u64,
-        b: usize,
-        (nh, dh, xr, k): (usize, usize, usize, usize),
-    ) -> Result<()> {
-        let (conv_state, w, bias) = conv;
-        let di = nh * dh;
-        check_conv_layout("conv_xproj", di, ldx, xs | conv_state | xc | w | bias | w_x, k)?;
-        if !conv_xproj_fits(dh, xr, k) {
-            return Err(crate::error::ZambaError::InvalidInput(format!(
-                "conv_xproj needs a Mamba head dim divisible by {CONV_XPROJ_CHANNELS}, x_proj rows a multiple of \
-                 8 up to {CONV_XPROJ_MAX_ROWS} and a conv width of at most 4; got {dh}, {xr}, {k}"
-            )));
-        }
-        let mut a = Args::new();
-        a.push(xs)
-            .push(i(ldx))
-            .push(meta.entry_slot)
-            .push(conv_state)
-            .push(w)
-            .push(bias);
-        a.push(xc)
-            .push(w_x)
-            .push(part)
-            .push(i(b))
-            .push(i(di))
-            .push(i(dh))
-            .push(i(xr))
-            .push(i(k));
-        // 64 channels and 64 entries per block (CX_CH, CX_EB in csrc/conv_xproj.cu).
-        self.launch(
-            "conv_xproj",
-            ((di / CONV_XPROJ_CHANNELS) as u32, blocks(b, 64), 1),
-            256,
-            &mut a,
-        )?;
-        let mut r = Args::new();
-        r.push(part)
-            .push(xdbl)
-            .push(i(b))
-            .push(i(nh))
-            .push(i(xr))
-            .push(i(dh / CONV_XPROJ_CHANNELS));
-        self.launch("conv_xproj_reduce", (blocks(b * nh * xr, 256), 1, 1), 256, &mut r)
     }
 
     /// The prefill scan (`scan_seq`): each entry's tokens in one pass from its slot's state, which

@@ -101,18 +101,6 @@ pub fn ssm_decode_dt_fits(r: usize) -> bool {
     r % 8 == 0 && r <= 256
 }
 
-/// Channels per block of `conv_xproj` (CX_CH in csrc/conv_xproj.cu) and the most x_proj rows per head
-/// it holds in shared memory (CX_XR_MAX).
-pub const CONV_XPROJ_CHANNELS: usize = 64;
-const CONV_XPROJ_MAX_ROWS: usize = 272;
-
-/// Whether the batched decode conv + x_proj (`conv_xproj`, `conv_xproj_reduce`) handles a Mamba
-/// head dim `dh`, `xr` x_proj rows per head and conv width `k`: 64-channel blocks inside one
-/// head, rows in n8 tiles that fit its shared memory, and at most 4 taps.
-pub fn conv_xproj_fits(dh: usize, xr: usize, k: usize) -> bool {
-    dh % CONV_XPROJ_CHANNELS == 0 && xr % 8 == 0 && xr <= CONV_XPROJ_MAX_ROWS && (1..=4).contains(&k)
-}
-
 fn blocks(n: usize, per: usize) -> u32 {
     n.div_ceil(per) as u32
 }
