@@ -4,8 +4,7 @@
 //! cross entries), its state update, then a one-token update for three sequences; the selective
 //! scan over 1, 7, 333 and 2049 (one pass per sequence), then one-token SSM decode for six
 //! sequences, four of them from the states it wrote; SSM decode with dt_proj fused in, at batch
-//! 11 over 16 state slots and then batch 1; the batched decode conv + x_proj at batches 64, 37
-//! and 70.
+//! 11 over 16 state slots and then batch 1.
 //! Inputs are random bf16 values, the same on both sides. Skips (and says so) on a machine
 //! without a GPU.
 
