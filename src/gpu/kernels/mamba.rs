@@ -1,5 +1,5 @@
 //! Launchers of the Mamba kernels: causal conv1d (csrc/conv.cu) and the selective scan
-//! (csrc/scan.cu).
+//! (csrc/scan.cu: prefill; csrc/ssm_decode.cu: one token per sequence).
 
 #![allow(clippy::too_many_arguments)]
 
@@ -160,7 +160,7 @@ impl Gpu {
     pub fn ssm_decode(&self, s: &ScanArgs, meta: &BatchMeta, ssm_state: u64, y: u64, b: usize) -> Result<()> {
         let mut a = Args::new();
         a.push(*s).push(meta.entry_slot).push(ssm_state).push(y);
-        // 2 lanes per channel, 128 channels per block (csrc/scan.cu).
+        // 2 lanes per channel, 128 channels per block (csrc/ssm_decode.cu).
         self.launch(
             "ssm_decode",
             (blocks(s.di as usize, 128), b as u32, 1),
@@ -186,7 +186,7 @@ impl Gpu {
                 s.r
             )));
         }
-        // DEC_WARPS channels and DEC_EB entries per block (csrc/scan.cu).
+        // DEC_WARPS channels and DEC_EB entries per block (csrc/ssm_decode.cu).
         let (warps, entries_per_block) = (8, 4);
         let mut a = Args::new();
         a.push(*s)

@@ -9,7 +9,7 @@
 use super::device::{Args, Gpu};
 use crate::error::{Result, ZambaError};
 
-/// Mirrors `ScanArgs` in csrc/scan.cu (field order and C layout must match).
+/// Mirrors `ScanArgs` in csrc/ssm_common.cuh (field order and C layout must match).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct ScanArgs {
