@@ -4,8 +4,9 @@
 //! out_proj, qkv, gate_up and down_proj of MLP 14848, lm_head of 32000; for the pipelined one also
 //! N of 1000, 5 and 777, K = 232 with and without row padding, and K = 8), with bf16 output and
 //! fp32 accumulation, and x_proj/dt_proj batched over the mamba heads; shapes they do not take
-//! fall back to cuBLAS. Inputs are random bf16 values, the same on both sides. Skips (and says
-//! so) on a machine without a GPU.
+//! fall back to cuBLAS; cuBLASLt without split-K (decode batches of 9–96 rows) on out_proj and
+//! o_proj. Inputs are random bf16 values, the same on both sides. Skips (and says so) on a
+//! machine without a GPU.
 
 mod common;
 
@@ -14,6 +15,7 @@ use common::{assert_close, gpu_or_skip, Rng};
 use half::bf16;
 use zamba::cpu::ops::{matmul, Mat};
 use zamba::gpu::gemm::{Blas, Gemm};
+use zamba::gpu::gemm_nosplit::NoSplitK;
 use zamba::gpu::{GemvMode, Gpu};
 
 /// A `rows × cols` weight of the given values (already bf16-representable).
@@ -87,6 +89,78 @@ fn cublas_linear_batched_and_accumulate() {
             .flat_map(|t| got[t * NH * XR + hh * XR..t * NH * XR + (hh + 1) * XR].to_vec())
             .collect();
         assert_close("x_proj batched", &goth, &want, 1e-3, BF16_RTOL);
+    }
+}
+
+/// cuBLASLt without split-K (zamba::gpu::gemm_nosplit) at decode batches: out_proj onto an fp32
+/// residual (64 × 3712 × 7424 with beta = 1, and 24 rows), o_proj at 12 rows with bf16 output.
+/// Each is checked against the CPU; out_proj at 64 rows must be taken by the route (its
+/// split-K-free pick fills 0.88 waves on the H200), so the test runs the cuBLASLt path and not
+/// only cublasGemmEx. 16 rows of out_proj, which the route declines there (0.11 waves), must still
+/// be right through `gemm::run`.
+#[test]
+fn split_k_free_cublaslt_route_matches_cpu() {
+    let Some(g) = gpu_or_skip("cuBLASLt without split-K") else {
+        return;
+    };
+    let route = NoSplitK::new(&g)
+        .unwrap()
+        .expect("ZAMBA_GEMM_LT=0 is set: unset it to test the route");
+    let blas = Blas::new(&g).unwrap();
+    let mut rng = Rng(21);
+    let w_out = rng.bf16_vec(H * DI, -0.05, 0.05);
+    let w_o = rng.bf16_vec(H * H, -0.05, 0.05);
+    let (dw_out, dw_o) = (up_bf16(&g, &w_out), up_bf16(&g, &w_o));
+    let (m_out, m_o) = (to_mat(H, DI, &w_out), to_mat(H, H, &w_o));
+    for (m, residual, taken) in [
+        (64, true, Some(true)),
+        (24, true, None),
+        (12, false, None),
+        (16, true, None),
+    ] {
+        let k = if residual { DI } else { H };
+        let x = rng.bf16_vec(m * k, -1.0, 1.0);
+        let dx = up_bf16(&g, &x);
+        let want = matmul(&x, m, if residual { &m_out } else { &m_o });
+        let what = format!("{m} × {H} × {k}");
+        if residual {
+            let y0 = rng.f32_vec(m * H, -1.0, 1.0);
+            let dy = up_f32(&g, &y0);
+            let gm = Gemm {
+                beta: 1.0,
+                y_f32: true,
+                ..Gemm::linear(dx.ptr(), dw_out.ptr(), dy.ptr(), m, H, DI)
+            };
+            let took = route.run(&g, &gm).unwrap();
+            if let Some(t) = taken {
+                assert_eq!(took, t, "{what}: taken by the route");
+            }
+            if !took {
+                zamba::gpu::gemm::run(&g, &blas, &gm).unwrap();
+            }
+            let want2: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
+            assert_close(
+                &format!("{what} + fp32 residual (route {took})"),
+                &down_f32(&g, dy.ptr(), m * H),
+                &want2,
+                1e-4,
+                1e-4,
+            );
+        } else {
+            let y = poisoned(&g, m * H * 2);
+            let gm = Gemm::linear(dx.ptr(), dw_o.ptr(), y.ptr(), m, H, H);
+            let took = route.run(&g, &gm).unwrap();
+            if !took {
+                zamba::gpu::gemm::run(&g, &blas, &gm).unwrap();
+            }
+            assert_close(
+                &format!("{what} (route {took})"),
+                &down_bf16(&g, y.ptr(), m * H),
+                &want,
+                1e-3,
+                BF16_RTOL,
+            );
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use std::ffi::c_void;
 use cudarc::cublas::{result as cublas, sys as cb};
 
 use super::device::Gpu;
+use super::gemm_nosplit::NoSplitK;
 use super::mem::DeviceBuf;
 use crate::error::{Result, ZambaError};
 
@@ -71,6 +72,8 @@ impl Gemm {
 pub struct Blas {
     handle: cb::cublasHandle_t,
     _workspace: DeviceBuf,
+    /// cuBLASLt without split-K for the decode shapes where it measured faster (gemm_nosplit.rs).
+    no_split_k: Option<NoSplitK>,
 }
 
 /// cuBLAS workspace bytes.
@@ -107,6 +110,7 @@ impl Blas {
         Ok(Blas {
             handle,
             _workspace: workspace,
+            no_split_k: NoSplitK::new(gpu)?,
         })
     }
 
@@ -213,10 +217,16 @@ impl Drop for Blas {
 }
 
 /// Runs `g` with the skinny-GEMM kernel (csrc/gemv.cu) when it applies (decode: at most 8 rows,
-/// as [`crate::gpu::GemvMode`] picks), else cuBLAS.
+/// as [`crate::gpu::GemvMode`] picks), else through cuBLASLt without split-K where that route
+/// takes the shape (9–96 rows, gemm_nosplit.rs), else cublasGemmEx.
 pub fn run(gpu: &Gpu, blas: &Blas, g: &Gemm) -> Result<()> {
-    if !gpu.gemv(g)? {
-        blas.gemm(g)?;
+    if gpu.gemv(g)? {
+        return Ok(());
     }
-    Ok(())
+    if let Some(route) = &blas.no_split_k {
+        if route.run(gpu, g)? {
+            return Ok(());
+        }
+    }
+    blas.gemm(g)
 }

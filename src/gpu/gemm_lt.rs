@@ -23,6 +23,8 @@ pub const LT_WORKSPACE: usize = 32 << 20;
 pub struct Lt {
     handle: ls::cublasLtHandle_t,
     workspace: DeviceBuf,
+    /// The most workspace an algorithm may use (the workspace's size).
+    workspace_bytes: usize,
 }
 
 /// One GEMM shape's descriptors and the algorithms the heuristic returned for it, best first.
@@ -85,10 +87,26 @@ fn layout(
 
 impl Lt {
     pub fn new(gpu: &Gpu) -> Result<Self> {
+        Self::with_workspace(gpu, LT_WORKSPACE)
+    }
+
+    /// A handle whose algorithms may use at most `workspace_bytes` of workspace (0: none).
+    pub fn with_workspace(gpu: &Gpu, workspace_bytes: usize) -> Result<Self> {
         cu_bind(gpu)?;
         let handle = check("creating the cuBLASLt handle", lt::create_handle())?;
-        let workspace = DeviceBuf::new(LT_WORKSPACE, "the cuBLASLt workspace")?;
-        Ok(Lt { handle, workspace })
+        let workspace = match DeviceBuf::new(workspace_bytes, "the cuBLASLt workspace") {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: the handle was created above and is not used again.
+                let _ = unsafe { lt::destroy_handle(handle) };
+                return Err(e);
+            }
+        };
+        Ok(Lt {
+            handle,
+            workspace,
+            workspace_bytes,
+        })
     }
 
     /// The descriptors of `g`'s shape and up to `max_algos` algorithms for it.
@@ -139,7 +157,7 @@ impl Lt {
         plan.layouts[1] = layout(bf, g.k, g.m, g.ldx, g.batch, g.stride_x)?;
         plan.layouts[2] = layout(yt, g.n, g.m, g.ldy, g.batch, g.stride_y)?;
         let pref = check("creating a cuBLASLt preference", lt::create_matmul_pref())?;
-        let ws = LT_WORKSPACE as u64;
+        let ws = self.workspace_bytes as u64;
         let (pw, nw) = attr(&ws);
         let mut results = vec![
             ls::cublasLtMatmulHeuristicResult_t {
@@ -193,7 +211,7 @@ impl Lt {
         check("asking cuBLASLt for algorithms", r)?;
         results.truncate(count.max(0) as usize);
         results.retain(|h| {
-            h.state == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS && h.workspaceSize <= LT_WORKSPACE
+            h.state == ls::cublasStatus_t::CUBLAS_STATUS_SUCCESS && h.workspaceSize <= self.workspace_bytes
         });
         plan.algos = results;
         Ok(plan)
@@ -207,7 +225,7 @@ impl Lt {
         })?;
         // SAFETY: the plan's descriptors are live and describe g's shape (the caller's contract);
         // the addresses are the engine's allocations sized for that shape; alpha and beta outlive
-        // the (host-pointer) call; the workspace is LT_WORKSPACE bytes, at least h.workspaceSize.
+        // the (host-pointer) call; the workspace is workspace_bytes long, at least h.workspaceSize.
         let r = unsafe {
             lt::matmul(
                 self.handle,
@@ -224,7 +242,7 @@ impl Lt {
                 plan.layouts[2],
                 &h.algo,
                 self.workspace.ptr() as *mut c_void,
-                LT_WORKSPACE,
+                self.workspace_bytes,
                 gpu.cu_stream() as ls::cudaStream_t,
             )
         };
@@ -261,12 +279,13 @@ pub fn describe(h: &ls::cublasLtMatmulHeuristicResult_t) -> String {
         }
     };
     format!(
-        "tile {} splitK {} red {} stages {} ws {} KB",
+        "tile {} splitK {} red {} stages {} ws {} KB waves {:.2}",
         get(A::CUBLASLT_ALGO_CONFIG_TILE_ID),
         get(A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
         get(A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
         get(A::CUBLASLT_ALGO_CONFIG_STAGES_ID),
-        h.workspaceSize >> 10
+        h.workspaceSize >> 10,
+        h.wavesCount
     )
 }
 

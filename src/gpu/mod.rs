@@ -16,6 +16,7 @@ pub mod device;
 pub mod engine;
 pub mod gemm;
 pub mod gemm_lt;
+pub mod gemm_nosplit;
 pub mod kernels;
 pub mod loader;
 pub mod mem;
