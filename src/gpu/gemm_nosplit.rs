@@ -89,9 +89,14 @@ impl NoSplitK {
         let plan = match plans.entry(key(g)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let plan = self.lt.plan_with(g, 1, Some(0))?;
-                let take = plan.algos.first().is_some_and(|h| h.wavesCount >= MIN_WAVES);
-                e.insert(take.then_some(plan))
+                // A shape cuBLASLt cannot plan (an error, or no algorithm) is left to
+                // cublasGemmEx, which reports its own errors.
+                let plan = self.lt.plan_with(g, 1, Some(0)).ok();
+                let take = plan
+                    .as_ref()
+                    .and_then(|p| p.algos.first())
+                    .is_some_and(|h| h.wavesCount >= MIN_WAVES);
+                e.insert(plan.filter(|_| take))
             }
         };
         match plan {
