@@ -147,25 +147,24 @@ impl GpuModel {
                 g.conv_state_update(ws.xz.ptr(), 2 * di, &meta, conv, entries.len(), di, k)?;
             }
             // x_proj per head: xdbl[:, hh, :] = xc[:, hh·DH..] · x_proj[hh]ᵀ.
-            {
-                gemm::run(
-                    g,
-                    blas,
-                    &Gemm {
-                        ldx: di,
-                        ldw: dh,
-                        ldy: nh * xr,
-                        batch: nh,
-                        stride_x: dh,
-                        stride_w: xr * dh,
-                        stride_y: xr,
-                        ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
-                    },
-                )?;
-            }
+            gemm::run(
+                g,
+                blas,
+                &Gemm {
+                    ldx: di,
+                    ldw: dh,
+                    ldy: nh * xr,
+                    batch: nh,
+                    stride_x: dh,
+                    stride_w: xr * dh,
+                    stride_y: xr,
+                    ..Gemm::linear(ws.xc.ptr(), lw.x_proj, ws.xdbl.ptr(), m, xr, dh)
+                },
+            )?;
             // dt_proj per head: dtr[:, hh·DH..] = dt_low[hh] · dt_proj[hh]ᵀ (bias added in the scan).
             // Small decode batches skip it: ssm_decode_dt computes dtr itself (larger ones are
-            // faster through cuBLAS and one thread per channel).
+            // faster through cuBLAS and ssm_decode; a tensor-core form of the fused kernel for them
+            // measured slower, BENCHMARKS.md, thirteenth session).
             let fused_dt = decode && m <= 8 && ssm_decode_dt_fits(r);
             if !fused_dt {
                 gemm::run(
