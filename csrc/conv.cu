@@ -76,15 +76,7 @@ __device__ __forceinline__ void conv1d_prefill_rows(const bf16* __restrict__ xs,
             }
         }
         float acc[8];
-#pragma unroll
-        for (int ch = 0; ch < 8; ++ch) acc[ch] = b[ch];
-#pragma unroll
-        for (int t = 0; t < KW; ++t) {
-            if (t >= KW - K) {
-#pragma unroll
-                for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(x[r + t].h[ch]);
-            }
-        }
+        conv_sum8<KW>(wt, b, x + r, K, acc);
         Bf16x8 o;
 #pragma unroll
         for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu_fast(acc[ch]));

@@ -1,5 +1,5 @@
-// The one-token conv pieces of csrc/conv.cu (conv1d_update; scripts/conv_emu.sh checks them on
-// the host): the weight loader, the conv of 8 channels and the shift of their conv state.
+// The conv pieces of csrc/conv.cu (scripts/conv_emu.sh checks them on the host): the weight
+// loader, the conv sum of 8 channels, one token's conv and the shift of its conv state.
 #pragma once
 #include "common.cuh"
 
@@ -33,13 +33,12 @@ __device__ __forceinline__ void conv_load_weights(const float* w, const float* b
     }
 }
 
-// One token's conv of 8 channels from its window (win[t] = tap t; with K < KW taps the slots
-// below KW - K are unused): bf16(silu(b + sum over t of wt[t] * win[t])) into o, fp32, bias
-// first, then the taps in order.
+// The pre-activation conv of 8 channels for one token from its window (win[t] = tap t, KW
+// entries; with K < KW taps the slots below KW - K are unused): acc = b + sum over t of
+// wt[t] * win[t], in fp32, bias first, then the taps in order (conv1d_prefill and conv_token8).
 template <int KW>
-__device__ __forceinline__ void conv_token8(const float (&wt)[KW][8], const float (&b)[8], const Bf16x8 (&win)[KW],
-                                            int K, Bf16x8& o) {
-    float acc[8];
+__device__ __forceinline__ void conv_sum8(const float (&wt)[KW][8], const float (&b)[8], const Bf16x8* win, int K,
+                                          float (&acc)[8]) {
 #pragma unroll
     for (int ch = 0; ch < 8; ++ch) acc[ch] = b[ch];
 #pragma unroll
@@ -49,6 +48,14 @@ __device__ __forceinline__ void conv_token8(const float (&wt)[KW][8], const floa
             for (int ch = 0; ch < 8; ++ch) acc[ch] += wt[t][ch] * to_f(win[t].h[ch]);
         }
     }
+}
+
+// One token's conv of 8 channels from its window, as conv_sum8: bf16(silu(acc)) into o.
+template <int KW>
+__device__ __forceinline__ void conv_token8(const float (&wt)[KW][8], const float (&b)[8], const Bf16x8 (&win)[KW],
+                                            int K, Bf16x8& o) {
+    float acc[8];
+    conv_sum8<KW>(wt, b, win, K, acc);
 #pragma unroll
     for (int ch = 0; ch < 8; ++ch) o.h[ch] = to_bf(silu(acc[ch]));
 }
