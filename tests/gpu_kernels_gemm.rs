@@ -123,6 +123,17 @@ fn split_k_free_cublaslt_route_matches_cpu() {
         let dx = up_bf16(&g, &x);
         let want = matmul(&x, m, if residual { &m_out } else { &m_o });
         let what = format!("{m} × {H} × {k}");
+        // The route if it takes the shape, else gemm::run (which then declines it too).
+        let run = |gm: &Gemm| -> bool {
+            let took = route.run(&g, gm).unwrap();
+            if let Some(t) = taken {
+                assert_eq!(took, t, "{what}: taken by the route");
+            }
+            if !took {
+                zamba::gpu::gemm::run(&g, &blas, gm).unwrap();
+            }
+            took
+        };
         if residual {
             let y0 = rng.f32_vec(m * H, -1.0, 1.0);
             let dy = up_f32(&g, &y0);
@@ -131,13 +142,7 @@ fn split_k_free_cublaslt_route_matches_cpu() {
                 y_f32: true,
                 ..Gemm::linear(dx.ptr(), dw_out.ptr(), dy.ptr(), m, H, DI)
             };
-            let took = route.run(&g, &gm).unwrap();
-            if let Some(t) = taken {
-                assert_eq!(took, t, "{what}: taken by the route");
-            }
-            if !took {
-                zamba::gpu::gemm::run(&g, &blas, &gm).unwrap();
-            }
+            let took = run(&gm);
             let want2: Vec<f32> = want.iter().zip(&y0).map(|(a, b)| a + b).collect();
             assert_close(
                 &format!("{what} + fp32 residual (route {took})"),
@@ -149,10 +154,7 @@ fn split_k_free_cublaslt_route_matches_cpu() {
         } else {
             let y = poisoned(&g, m * H * 2);
             let gm = Gemm::linear(dx.ptr(), dw_o.ptr(), y.ptr(), m, H, H);
-            let took = route.run(&g, &gm).unwrap();
-            if !took {
-                zamba::gpu::gemm::run(&g, &blas, &gm).unwrap();
-            }
+            let took = run(&gm);
             assert_close(
                 &format!("{what} (route {took})"),
                 &down_bf16(&g, y.ptr(), m * H),
