@@ -1,6 +1,7 @@
 //! The decode step of the CUDA engine: replaying it as a CUDA graph gives exactly what launching
 //! its kernels one by one gives, and once the graph exists a step allocates nothing on the host
-//! (counted per thread by this test binary's global allocator). Skips without a GPU.
+//! (counted per thread by this test binary's global allocator); the replay-timing diagnostic
+//! leaves its slots empty and the engine usable. Skips without a GPU.
 
 mod common;
 
@@ -152,4 +153,31 @@ fn decode_step_allocates_nothing() {
     assert_eq!(m.seq_len(0), 17 + 17);
     assert_eq!(m.seq_len(1), 9 + 17);
     assert!(logits.iter().all(|x| x.is_finite()) && logits.iter().any(|&x| x != 0.0));
+}
+
+#[test]
+fn replay_timing_needs_a_captured_step_and_leaves_its_slots_empty_and_usable() {
+    if !have_gpu("decode replay timing") {
+        return;
+    }
+    let mut m = tiny(3);
+    assert_eq!(m.time_decode_replays(3, 4).unwrap(), None, "no decode step has run yet");
+    let (_, ids) = run(&mut m, 4);
+    assert_eq!(
+        m.time_decode_replays(2, 4).unwrap(),
+        None,
+        "no step of 2 entries has run"
+    );
+    let t = m
+        .time_decode_replays(3, 8)
+        .unwrap()
+        .expect("the 3-entry step ran through a graph");
+    assert!(t.is_finite() && t > 0.0, "seconds per replay: {t}");
+    for s in 0..3 {
+        assert_eq!(m.seq_len(s), 0, "slot {s} is reset after the replays");
+    }
+    // Nothing else the step uses (the attention's split counts, the grid-barrier counter) is left
+    // out of step: the same prompts decode to the same tokens again.
+    let (_, again) = run(&mut m, 4);
+    assert_eq!(again, ids);
 }

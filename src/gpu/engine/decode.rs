@@ -94,6 +94,37 @@ impl GpuModel {
         g.argmax_rows(ws.logits.ptr(), ws.argmax.ptr(), b, cfg.vocab_size)
     }
 
+    /// Diagnostic (used by `zamba-run bench`): replays the captured decode graph of the last
+    /// `b`-entry step `n` times back to back, with no upload, readback or host wait between
+    /// replays, and returns the seconds per replay: the GPU's own time for a step, without the
+    /// host's round trip of the per-token loop (readback, upload, graph launch). `None` when no
+    /// step of `b` entries has run through a graph yet (or graphs are off). The last decode
+    /// step's description is uploaded again first (a prefill since then replaced it on the
+    /// device), so every replay is that step, within the bounds checked when it ran. Each replay
+    /// rewrites the same cache positions of that step's slots, so those slots are reset (emptied)
+    /// afterwards.
+    pub fn time_decode_replays(&mut self, b: usize, n: usize) -> Result<Option<f64>> {
+        let captured = self.use_graphs && b >= 1 && self.step_entries.len() == b;
+        let Some(Some(graph)) = self.graphs.get(b.wrapping_sub(1)).filter(|_| captured) else {
+            return Ok(None);
+        };
+        self.batch
+            .upload(&self.gpu, &self.step_entries, &self.step_tokens)?;
+        self.gpu.sync()?;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            cu("launching the decode graph", graph.launch())?;
+        }
+        self.gpu.sync()?;
+        let per_replay = t.elapsed().as_secs_f64() / n.max(1) as f64;
+        for i in 0..b {
+            let slot = self.step_entries[i].slot;
+            self.states.reset(&self.gpu, slot)?;
+        }
+        self.gpu.sync()?;
+        Ok(Some(per_replay))
+    }
+
     /// Captures the decode step for `b` entries as a CUDA graph. Every address it uses is fixed
     /// for the model's life, and everything that changes between steps (tokens, slots, lengths)
     /// is read on the device from the batch description, so one capture serves every step of
