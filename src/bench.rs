@@ -230,9 +230,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
     }
     let (pp_s, tg_s) = (median(pp), median(tg));
-    // The GPU's own time per step (graph replays queued back to back), to separate the host's
-    // round trip per token from the kernels' time. Runs after the last round, so the slots'
-    // caches it overwrites are not used again.
+    // The GPU's own time for one step (that step's graph replayed back to back), next to the tg
+    // loop's time per step. The loop's first few steps after its prefill run slower (on the H200
+    // ~5-8 steps, 1-5%: the same steps run at full speed after a pause; BENCHMARKS.md), so the
+    // difference shrinks with -n. Runs after the last round, so the slots' caches it overwrites
+    // are not used again.
     let replay_s = if a.gen > 0 {
         model.time_decode_replays(a.batch, a.gen.max(16))?
     } else {
@@ -299,7 +301,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         if let Some(r) = replay_s {
             println!(
-                "decode graph replayed back to back: {:.3} ms/step; the per-token loop adds {:.1} µs of host round trip per step",
+                "one decode step's graph replayed back to back: {:.3} ms/step; the tg loop took {:.1} µs more per step",
                 r * 1e3,
                 (tg_s - r) * 1e6
             );

@@ -96,8 +96,8 @@ impl GpuModel {
 
     /// Diagnostic (used by `zamba-run bench`): replays the captured decode graph of the last
     /// `b`-entry step `n` times back to back, with no upload, readback or host wait between
-    /// replays, and returns the seconds per replay: the GPU's own time for a step, without the
-    /// host's round trip of the per-token loop (readback, upload, graph launch). `None` when no
+    /// replays, and returns the seconds per replay: the GPU's own time for that step, without the
+    /// host's part of the per-token loop (readback, upload, graph launch). `None` when no
     /// step of `b` entries has run through a graph yet (or graphs are off). The last decode
     /// step's description is uploaded again first (a prefill since then replaced it on the
     /// device), so every replay is that step, within the bounds checked when it ran. Each replay
