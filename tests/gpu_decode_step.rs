@@ -161,7 +161,11 @@ fn replay_timing_needs_a_captured_step_and_leaves_its_slots_empty_and_usable() {
         return;
     }
     let mut m = tiny(3);
-    assert_eq!(m.time_decode_replays(3, 4).unwrap(), None, "no decode step has run yet");
+    assert_eq!(
+        m.time_decode_replays(3, 4).unwrap(),
+        None,
+        "no decode step has run yet"
+    );
     let (_, ids) = run(&mut m, 4);
     assert_eq!(
         m.time_decode_replays(2, 4).unwrap(),
